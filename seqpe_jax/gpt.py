@@ -1,0 +1,110 @@
+"""GPT-2-style decoder LM taking explicit integer positions and any registry PE."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqpe_jax import layers
+from seqpe_jax.injection import tile_to_batch
+from seqpe_jax.posenc import PEConfig, PEOutput, PositionEncoder
+from seqpe_jax.transformer import block_class, dtype_of
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  """Decoder hyper-parameters (presets in `GPT_PRESETS`)."""
+
+  vocab_size: int = 256
+  num_layers: int = 3
+  width: int = 128
+  num_heads: int = 4
+  mlp_ratio: int = 4
+  dropout: float = 0.0        # embedding / residual dropout
+  attn_dropout: float = 0.0   # attention-probability dropout (reference attention only)
+  tie_embeddings: bool = True
+  ln_eps: float = 1e-5
+  dtype: str = 'float32'      # compute dtype; parameters stay float32
+  attention_impl: str = 'reference'  # 'reference' | 'fused' | 'xla' | 'cudnn'
+  remat: bool = False
+
+
+GPT_PRESETS = {
+    'cpu': dict(num_layers=3, width=128, num_heads=4),
+    'gpt2_small': dict(num_layers=12, width=768, num_heads=12, dropout=0.1, attn_dropout=0.1),
+}
+
+
+class GPT(nn.Module):
+  """Causal LM: `logits = GPT(tokens_BxL, positions_PxL)` (P divides B; P=1 shares positions)."""
+
+  cfg: GPTConfig
+  pe: PEConfig
+  train_len: int = 512
+
+  def setup(self):
+    c = self.cfg
+    dtype = dtype_of(c.dtype)
+    self.tok_embed = nn.Embed(
+        c.vocab_size, c.width, dtype=dtype,
+        embedding_init=layers.partitioned(layers.normal(0.02), ('vocab', 'embed')))
+    self.posenc = PositionEncoder(self.pe, c.width, c.num_heads, data_dim=1,
+                                  train_grid=(self.train_len,), causal=True, dtype=dtype)
+    block = block_class(c.remat)
+    self.blocks = [
+        block(c.num_heads, injection=self.pe.injection(), causal=True, dropout_rate=c.dropout,
+              attn_dropout_rate=c.attn_dropout, ln_eps=c.ln_eps, mlp_ratio=c.mlp_ratio,
+              attention_impl=c.attention_impl,
+              out_init_std=0.02 / (2 * c.num_layers) ** 0.5,  # GPT-2 residual scaling
+              dtype=dtype, name=f'block_{i}')
+        for i in range(c.num_layers)]
+    self.ln_f = layers.LayerNorm(c.ln_eps, dtype=dtype)
+    self.drop = nn.Dropout(c.dropout)
+    if not c.tie_embeddings:
+      self.head = nn.Dense(c.vocab_size, use_bias=False, dtype=dtype,
+                           kernel_init=layers.partitioned(layers.normal(0.02), ('embed', 'vocab')))
+
+  def encode_positions(self, positions_PxL: jax.Array,
+                       aux_positions_Mxd: jax.Array | None = None, *, mode: str = 'extend',
+                       deterministic: bool = True) -> PEOutput:
+    """The position encoding alone (cache it per evaluation length)."""
+    return self.posenc(positions_PxL[..., None], aux_positions_Mxd=aux_positions_Mxd,
+                       mode=mode, deterministic=deterministic)
+
+  def __call__(self, tokens_BxL: jax.Array, positions_PxL: jax.Array | None = None, *,
+               pe: PEOutput | None = None, aux_positions_Mxd: jax.Array | None = None,
+               mask_BxLxL: jax.Array | None = None, deterministic: bool = True
+               ) -> tuple[jax.Array, PEOutput]:
+    """Returns `(logits_BxLxV float32, pe)`.
+
+    Args:
+      tokens_BxL: token ids.
+      positions_PxL: int positions; None means `0..L-1` for every row.
+      pe: a precomputed `encode_positions` result (skips the encoder).
+      aux_positions_Mxd: SeqPE auxiliary positions, embedded in the same call.
+      mask_BxLxL: optional extra attention mask (padding / packed segments).
+    """
+    b, l = tokens_BxL.shape
+    if pe is None:
+      if positions_PxL is None:
+        positions_PxL = jnp.arange(l, dtype=jnp.int32)[None]
+      pe = self.encode_positions(positions_PxL, aux_positions_Mxd, deterministic=deterministic)
+    x_BxLxC = self.tok_embed(tokens_BxL)
+    if pe.ctx.input_embed is not None:
+      x_BxLxC = x_BxLxC + tile_to_batch(pe.ctx.input_embed, b).astype(x_BxLxC.dtype)
+    x_BxLxC = layers.constrain(self.drop(x_BxLxC, deterministic),
+                               ('act_batch', 'act_len', 'act_embed'))
+    for block in self.blocks:
+      x_BxLxC = block(x_BxLxC, pe.ctx, mask_BxLxL, deterministic)
+    x_BxLxC = self.ln_f(x_BxLxC)
+    if self.cfg.tie_embeddings:
+      logits_BxLxV = self.tok_embed.attend(x_BxLxC)
+    else:
+      logits_BxLxV = self.head(x_BxLxC)
+    logits_BxLxV = layers.constrain(logits_BxLxV.astype(jnp.float32),
+                                    ('act_batch', 'act_len', 'act_vocab'))
+    return logits_BxLxV, pe

@@ -1,0 +1,215 @@
+"""Transformer building blocks shared by the SeqPE encoder, the GPT and the ViT.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`)
+and activations are constrained with `nn.with_logical_constraint`; outside a
+mesh with axis rules both are no-ops, so the same modules run on one device
+and sharded over a mesh (see `sharding.py` for the rule table).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+NEG_INF = -1e30  # finite: a fully masked row then gives a uniform softmax, never NaN
+
+
+def normal(std: float) -> Initializer:
+  return nn.initializers.normal(stddev=std)
+
+
+def partitioned(init: Initializer, names: tuple[str | None, ...]) -> Initializer:
+  return nn.with_logical_partitioning(init, names)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  return nn.with_logical_constraint(x, names)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with fp32 statistics and logically named scale/bias."""
+
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.LayerNorm(
+        epsilon=self.eps, dtype=self.dtype, param_dtype=self.param_dtype,
+        scale_init=partitioned(nn.initializers.ones, ('norm',)),
+        bias_init=partitioned(nn.initializers.zeros, ('norm',)),
+        use_fast_variance=False, name='ln')(x)
+
+
+class Mlp(nn.Module):
+  """GPT-2 MLP: Dense(C→F) → gelu(tanh) → Dense(F→C)."""
+
+  hidden: int
+  init_std: float = 0.02
+  out_init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxLxC: jax.Array) -> jax.Array:
+    c = x_BxLxC.shape[-1]
+    h_BxLxF = nn.Dense(
+        self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=partitioned(normal(self.init_std), ('embed', 'mlp')),
+        bias_init=partitioned(nn.initializers.zeros, ('mlp',)), name='fc')(x_BxLxC)
+    h_BxLxF = constrain(h_BxLxF, ('act_batch', 'act_len', 'act_mlp'))
+    h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
+    return nn.Dense(
+        c, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=partitioned(normal(self.out_init_std), ('mlp', 'embed')),
+        bias_init=partitioned(nn.initializers.zeros, ('embed',)), name='proj')(h_BxLxF)
+
+
+def causal_mask(q_len: int, k_len: int) -> jax.Array:
+  """bool `[q_len, k_len]`; query i (the last q_len of k_len) sees keys <= i."""
+  q_idx = jnp.arange(k_len - q_len, k_len)[:, None]
+  return q_idx >= jnp.arange(k_len)[None, :]
+
+
+def dot_product_attention(
+    q_BxLxHxK: jax.Array,
+    k_BxSxHxK: jax.Array,
+    v_BxSxHxV: jax.Array,
+    *,
+    scale: float,
+    bias: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    implementation: str = 'reference',
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+  """Scaled dot-product attention; logits and softmax in fp32.
+
+  Args:
+    q_BxLxHxK, k_BxSxHxK, v_BxSxHxV: queries, keys, values (V may differ from K).
+    scale: multiplies q·k (the bias is added after scaling).
+    bias: additive logits, broadcastable to `[B, H, L, S]`.
+    mask: bool, broadcastable to `[B, H, L, S]`; False = not attended.
+    implementation: 'reference' (einsum, supports attention dropout), or
+      'xla' / 'cudnn' / 'fused' (`jax.nn.dot_product_attention`; 'fused' lets
+      JAX pick cuDNN flash attention on GPU and XLA elsewhere).
+    dropout_rate, dropout_rng: attention-probability dropout (reference only).
+
+  Returns:
+    `[B, L, H, V]`.
+  """
+  if implementation == 'reference':
+    logits_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK,
+                                preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+      logits_BxHxLxS = logits_BxHxLxS + bias.astype(jnp.float32)
+    if mask is not None:
+      logits_BxHxLxS = jnp.where(mask, logits_BxHxLxS, NEG_INF)
+    probs_BxHxLxS = jax.nn.softmax(logits_BxHxLxS, axis=-1)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxLxS.shape)
+      probs_BxHxLxS = jnp.where(keep, probs_BxHxLxS / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum('bhls,bshv->blhv', probs_BxHxLxS.astype(v_BxSxHxV.dtype), v_BxSxHxV)
+
+  impl = None if implementation == 'fused' else implementation
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    raise ValueError('attention-probability dropout needs attention_impl="reference"')
+  k_dim, v_dim = q_BxLxHxK.shape[-1], v_BxSxHxV.shape[-1]
+  if v_dim < k_dim:  # concatenated-PE queries/keys are wider than values: pad, then slice
+    v_BxSxHxV = jnp.pad(v_BxSxHxV, [(0, 0)] * 3 + [(0, k_dim - v_dim)])
+  b, l, h = q_BxLxHxK.shape[:3]
+  s = k_BxSxHxK.shape[1]
+  if bias is not None:
+    bias = jnp.broadcast_to(bias, (bias.shape[0] if bias.ndim == 4 else 1, h, l, s))
+    bias = bias.astype(q_BxLxHxK.dtype)
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (mask.shape[0] if mask.ndim == 4 else 1, h, l, s))
+  out = jax.nn.dot_product_attention(
+      q_BxLxHxK, k_BxSxHxK, v_BxSxHxV, bias=bias, mask=mask, scale=scale,
+      implementation=impl)
+  return out[..., :v_dim]
+
+
+class MultiHeadAttention(nn.Module):
+  """Plain multi-head self-attention (fused qkv, GPT-2 layout), no position signal.
+
+  Used by the SeqPE encoder; the backbones use `injection.PEAttention`, which
+  adds the position-encoding hooks around the same projections.
+  """
+
+  num_heads: int
+  causal: bool = True
+  dropout_rate: float = 0.0
+  init_std: float = 0.02
+  out_init_std: float = 0.02
+  last_query_only: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxLxC: jax.Array, key_mask_BxL: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    b, l, c = x_BxLxC.shape
+    dh = c // self.num_heads
+    qkv_BxLx3xHxK = nn.DenseGeneral(
+        (3, self.num_heads, dh), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=partitioned(normal(self.init_std), ('embed', None, 'heads', 'kv')),
+        bias_init=partitioned(nn.initializers.zeros, (None, 'heads', 'kv')),
+        name='qkv')(x_BxLxC)
+    q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+    mask = None
+    if self.causal:
+      mask = causal_mask(l, l)[None, None]
+    if key_mask_BxL is not None:
+      km = key_mask_BxL[:, None, None, :]
+      mask = km if mask is None else mask & km
+    if self.last_query_only:  # the last layer of the SeqPE encoder only needs CLS
+      q = q[:, -1:]
+      if mask is not None:
+        mask = mask[..., -1:, :]
+    rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng('dropout')
+    out_BxLxHxK = dot_product_attention(
+        q, k, v, scale=dh**-0.5, mask=mask, dropout_rate=self.dropout_rate, dropout_rng=rng)
+    return nn.DenseGeneral(
+        c, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=partitioned(normal(self.out_init_std), ('heads', 'kv', 'embed')),
+        bias_init=partitioned(nn.initializers.zeros, ('embed',)), name='out')(out_BxLxHxK)
+
+
+class EncoderBlock(nn.Module):
+  """GPT-2 pre-LN block: x + Drop(Attn(LN(x))); x + Drop(Mlp(LN(x)))."""
+
+  num_heads: int
+  causal: bool = True
+  dropout_rate: float = 0.0
+  attn_dropout_rate: float = 0.0
+  ln_eps: float = 1e-5
+  mlp_ratio: int = 4
+  last_query_only: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxLxC: jax.Array, key_mask_BxL: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    ln = functools.partial(LayerNorm, eps=self.ln_eps, dtype=self.dtype,
+                           param_dtype=self.param_dtype)
+    h = MultiHeadAttention(
+        self.num_heads, causal=self.causal, dropout_rate=self.attn_dropout_rate,
+        last_query_only=self.last_query_only, dtype=self.dtype,
+        param_dtype=self.param_dtype, name='attn')(ln(name='ln_1')(x_BxLxC),
+                                                    key_mask_BxL, deterministic)
+    if self.last_query_only:
+      x_BxLxC = x_BxLxC[:, -1:]
+    x_BxLxC = x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)
+    h = Mlp(self.mlp_ratio * x_BxLxC.shape[-1], dtype=self.dtype,
+            param_dtype=self.param_dtype, name='mlp')(ln(name='ln_2')(x_BxLxC))
+    return x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)

@@ -1,0 +1,122 @@
+"""The SeqPE encoder: a tiny GPT-2 that reads a position's digits and emits its embedding.
+
+Method doc §1–2. For a position `(p_0..p_{n-1})` with k digits per axis the
+encoder input is `n*k` digit tokens plus a CLS token appended last:
+
+    x_t = TokEmb[digit_t] + DigitPosEmb[t] + AxisEmb[t // k]   (t < n*k; AxisEmb iff n > 1)
+    x_{n*k} = CLS
+
+then `layers` pre-LN GPT-2 blocks (causal by default), a final LayerNorm, and
+`out_proj(LN(h_CLS)) / temperature`. The encoder treats every position
+independently, so any batch shape `[..., n]` is flattened, encoded and
+reshaped back: it is vmapped over position sequences by construction, and the
+embeddings of a whole length or grid are one call (cache them at evaluation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqpe_jax import layers, positions as pos_lib
+
+Dtype = Any
+
+
+class SeqPEEncoder(nn.Module):
+  """Maps int positions `[..., data_dim]` to float `[..., out_dim]`.
+
+  Attributes:
+    data_dim: number of position axes n (1 text, 2 images, 3 video/volumes).
+    max_digits: digits per axis k; positions must lie in `[0, 10**k)`.
+    width, num_heads, num_layers: the encoder transformer (paper: 768/12/2 text,
+      384/6/2 vision).
+    out_dim: output width (model width for `input_add`/multi-head `attn_*`).
+    causal: causal digit attention (paper default); False = bidirectional.
+    dropout_rate: residual/MLP dropout; attn_dropout_rate: attention-prob dropout.
+    final_ln: final LayerNorm before `out_proj` (on in both paper configs).
+    temperature: output is divided by it.
+    mask_padding: drop leading-zero digits as attention keys (off in the paper).
+    cls_only_last_layer: compute only the CLS row in the last block (same
+      output, fewer FLOPs: the other rows are never read).
+    base: the number base of the digit tokens.
+  """
+
+  data_dim: int = 1
+  max_digits: int = 5
+  width: int = 768
+  num_heads: int = 12
+  num_layers: int = 2
+  out_dim: int = 768
+  causal: bool = True
+  dropout_rate: float = 0.1
+  attn_dropout_rate: float = 0.0
+  final_ln: bool = True
+  temperature: float = 1.0
+  mask_padding: bool = False
+  cls_only_last_layer: bool = True
+  base: int = 10
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @property
+  def seq_len(self) -> int:
+    return self.data_dim * self.max_digits + 1
+
+  @nn.compact
+  def __call__(self, positions: jax.Array, deterministic: bool = True) -> jax.Array:
+    if positions.shape[-1] != self.data_dim:
+      raise ValueError(f'SeqPEEncoder expects positions [..., {self.data_dim}], '
+                       f'got shape {positions.shape}')
+    batch_shape = positions.shape[:-1]
+    pos_MxN = positions.reshape(-1, self.data_dim)
+    digits_MxT = pos_lib.digitize(pos_MxN, self.max_digits, self.base)
+    n_tok = self.data_dim * self.max_digits
+    init = layers.partitioned(layers.normal(self.init_std), (None, 'embed'))
+
+    tok_emb = self.param('token_embed', init, (self.base, self.width), self.param_dtype)
+    dpos_emb = self.param('digit_pos_embed', init, (n_tok, self.width), self.param_dtype)
+    x_MxTxD = jnp.take(jnp.asarray(tok_emb, self.dtype), digits_MxT, axis=0)
+    x_MxTxD = x_MxTxD + jnp.asarray(dpos_emb, self.dtype)[None]
+    if self.data_dim > 1:
+      axis_emb = self.param('axis_embed', init, (self.data_dim, self.width), self.param_dtype)
+      axis_ids_T = pos_lib.axis_ids(self.data_dim, self.max_digits)
+      x_MxTxD = x_MxTxD + jnp.asarray(axis_emb, self.dtype)[axis_ids_T][None]
+    cls = self.param('cls_embed', layers.partitioned(layers.normal(self.init_std), ('embed',)),
+                     (self.width,), self.param_dtype)
+    cls_Mx1xD = jnp.broadcast_to(jnp.asarray(cls, self.dtype), (x_MxTxD.shape[0], 1, self.width))
+    x_MxTxD = jnp.concatenate([x_MxTxD, cls_Mx1xD], axis=1)  # CLS last (T = n*k + 1)
+    x_MxTxD = layers.constrain(x_MxTxD, ('act_batch', None, 'act_embed'))
+
+    key_mask_MxT = None
+    if self.mask_padding:
+      pad_MxT = pos_lib.pad_mask(pos_MxN, self.max_digits, self.base)
+      key_mask_MxT = jnp.concatenate([pad_MxT, jnp.ones_like(pad_MxT[:, :1])], axis=1)
+
+    for i in range(self.num_layers):
+      last = self.cls_only_last_layer and i == self.num_layers - 1
+      x_MxTxD = layers.EncoderBlock(
+          self.num_heads, causal=self.causal, dropout_rate=self.dropout_rate,
+          attn_dropout_rate=self.attn_dropout_rate, ln_eps=1e-5, last_query_only=last,
+          dtype=self.dtype, param_dtype=self.param_dtype,
+          name=f'block_{i}')(x_MxTxD, key_mask_MxT, deterministic)
+    h_MxD = x_MxTxD[:, -1]
+    if self.final_ln:
+      h_MxD = layers.LayerNorm(1e-5, self.dtype, self.param_dtype, name='ln_f')(h_MxD)
+    out_MxO = nn.Dense(
+        self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=layers.partitioned(layers.normal(self.init_std), ('embed', 'pe_out')),
+        bias_init=layers.partitioned(nn.initializers.zeros, ('pe_out',)),
+        name='out_proj')(h_MxD)
+    if self.temperature != 1.0:
+      out_MxO = out_MxO / self.temperature
+    return out_MxO.reshape(*batch_shape, self.out_dim)
+
+
+def num_params(variables) -> int:
+  """Total parameter count of a variables/params tree."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.meta.unbox(variables)))

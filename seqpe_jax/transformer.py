@@ -1,0 +1,63 @@
+"""The backbone transformer block and stack, shared by the GPT and the ViT."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqpe_jax import layers
+from seqpe_jax.injection import Injection, PEAttention, PEContext
+
+Dtype = Any
+
+
+class Block(nn.Module):
+  """Pre-LN block: x + Drop(PEAttn(LN(x), ctx)); x + Drop(Mlp(LN(x)))."""
+
+  num_heads: int
+  injection: Injection = Injection()
+  causal: bool = True
+  dropout_rate: float = 0.0
+  attn_dropout_rate: float = 0.0
+  ln_eps: float = 1e-5
+  mlp_ratio: int = 4
+  attention_impl: str = 'reference'
+  out_init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxLxC: jax.Array, ctx: PEContext, mask_BxLxS: jax.Array | None,
+               deterministic: bool) -> jax.Array:
+    ln = functools.partial(layers.LayerNorm, eps=self.ln_eps, dtype=self.dtype,
+                           param_dtype=self.param_dtype)
+    h = PEAttention(
+        self.num_heads, injection=self.injection, causal=self.causal,
+        dropout_rate=self.attn_dropout_rate, implementation=self.attention_impl,
+        out_init_std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype,
+        name='attn')(ln(name='ln_1')(x_BxLxC), ctx, mask_BxLxS, deterministic)
+    x_BxLxC = x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)
+    x_BxLxC = layers.constrain(x_BxLxC, ('act_batch', 'act_len', 'act_embed'))
+    h = layers.Mlp(self.mlp_ratio * x_BxLxC.shape[-1], out_init_std=self.out_init_std,
+                   dtype=self.dtype, param_dtype=self.param_dtype,
+                   name='mlp')(ln(name='ln_2')(x_BxLxC))
+    x_BxLxC = x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)
+    return layers.constrain(x_BxLxC, ('act_batch', 'act_len', 'act_embed'))
+
+
+def block_class(remat: bool) -> type[Block]:
+  """`Block`, or its rematerialised version (activations recomputed in the backward pass)."""
+  # `deterministic` (argument 4, counting self) is a Python bool: static under remat.
+  return nn.remat(Block, static_argnums=(4,)) if remat else Block
+
+
+def dtype_of(name: str) -> Any:
+  """'float32' | 'bfloat16' | 'float16' → jnp dtype."""
+  try:
+    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[name]
+  except KeyError:
+    raise ValueError(f'unknown dtype {name!r}; use float32, bfloat16 or float16') from None

@@ -1,0 +1,22 @@
+"""Test setup: 8 fake CPU devices, set before anything initialises a JAX backend."""
+
+import os
+import pathlib
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402  (must follow the environment set-up)
+import pytest  # noqa: E402
+
+jax.config.update('jax_num_cpu_devices', 8)
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / 'shared'
+
+
+def shared_path(*parts: str) -> pathlib.Path:
+  """A path under ../shared; skips the calling test only if ../shared is absent."""
+  if not SHARED.is_dir():
+    pytest.skip(f'{SHARED} is absent (the read-only shared folder beside the repo)')
+  return SHARED.joinpath(*parts)

@@ -77,8 +77,8 @@ class GPT(nn.Module):
 
   def __call__(self, tokens_BxL: jax.Array, positions_PxL: jax.Array | None = None, *,
                pe: PEOutput | None = None, aux_positions_Mxd: jax.Array | None = None,
-               mask_BxLxL: jax.Array | None = None, deterministic: bool = True
-               ) -> tuple[jax.Array, PEOutput]:
+               mask_BxLxL: jax.Array | None = None, embeddings_BxLxC: jax.Array | None = None,
+               deterministic: bool = True) -> tuple[jax.Array, PEOutput]:
     """Returns `(logits_BxLxV float32, pe)`.
 
     Args:
@@ -87,13 +87,15 @@ class GPT(nn.Module):
       pe: a precomputed `encode_positions` result (skips the encoder).
       aux_positions_Mxd: SeqPE auxiliary positions, embedded in the same call.
       mask_BxLxL: optional extra attention mask (padding / packed segments).
+      embeddings_BxLxC: input embeddings used instead of `tok_embed(tokens)`
+        (soft prompts; gradient probes in the causality test).
     """
     b, l = tokens_BxL.shape
     if pe is None:
       if positions_PxL is None:
         positions_PxL = jnp.arange(l, dtype=jnp.int32)[None]
       pe = self.encode_positions(positions_PxL, aux_positions_Mxd, deterministic=deterministic)
-    x_BxLxC = self.tok_embed(tokens_BxL)
+    x_BxLxC = self.tok_embed(tokens_BxL) if embeddings_BxLxC is None else embeddings_BxLxC
     if pe.ctx.input_embed is not None:
       x_BxLxC = x_BxLxC + tile_to_batch(pe.ctx.input_embed, b).astype(x_BxLxC.dtype)
     x_BxLxC = layers.constrain(self.drop(x_BxLxC, deterministic),

@@ -129,11 +129,9 @@ class PEAttention(nn.Module):
     b, l, c = x_BxLxC.shape
     h, inj = self.num_heads, self.injection
     dh = c // h
-    qkv = nn.DenseGeneral(
-        (3, h, dh), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=layers.partitioned(layers.normal(self.init_std), ('embed', None, 'heads', 'kv')),
-        bias_init=layers.partitioned(nn.initializers.zeros, (None, 'heads', 'kv')),
-        name='qkv')(x_BxLxC)
+    qkv = layers.Linear((3, h, dh), ('embed', None, 'heads', 'kv'), use_bias=self.use_bias,
+                        init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name='qkv')(x_BxLxC)
     q, k, v = (layers.constrain(qkv[:, :, i], ('act_batch', 'act_len', 'act_heads', None))
                for i in range(3))
     scale, bias = dh**-0.5 * inj.logit_mult, None
@@ -183,10 +181,9 @@ class PEAttention(nn.Module):
         q, k, v, scale=scale, bias=bias, mask=mask, implementation=self.implementation,
         dropout_rate=self.dropout_rate, dropout_rng=rng)
     out_BxLxHxK = layers.constrain(out_BxLxHxK, ('act_batch', 'act_len', 'act_heads', None))
-    return nn.DenseGeneral(
-        c, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=layers.partitioned(layers.normal(self.out_init_std), ('heads', 'kv', 'embed')),
-        bias_init=layers.partitioned(nn.initializers.zeros, ('embed',)), name='out')(out_BxLxHxK)
+    return layers.Linear((c,), ('heads', 'kv', 'embed'), n_in=2, use_bias=self.use_bias,
+                         init_std=self.out_init_std, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name='out')(out_BxLxHxK)
 
   def _pe_qk(self, ctx: PEContext, dh: int) -> tuple[jax.Array, jax.Array]:
     """PE_q, PE_k as `[P, L, H', K]` from the shared, per-layer or no projection."""

@@ -33,6 +33,34 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, names)
 
 
+class Linear(nn.Module):
+  """`y = x · W + b` contracting the last `n_in` dims of x; W has shape `in + features`.
+
+  Unlike `nn.DenseGeneral`, the kernel is created in its final shape, so its
+  logical partitioning names (one per dim) apply as written.
+  """
+
+  features: tuple[int, ...]
+  names: tuple[str | None, ...]
+  n_in: int = 1
+  use_bias: bool = True
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_shape = x.shape[-self.n_in:]
+    kernel = self.param('kernel', partitioned(normal(self.init_std), self.names),
+                        (*in_shape, *self.features), self.param_dtype)
+    y = jnp.tensordot(x.astype(self.dtype), jnp.asarray(kernel, self.dtype), axes=self.n_in)
+    if self.use_bias:
+      bias = self.param('bias', partitioned(nn.initializers.zeros, self.names[self.n_in:]),
+                        self.features, self.param_dtype)
+      y = y + jnp.asarray(bias, self.dtype)
+    return y
+
+
 class LayerNorm(nn.Module):
   """LayerNorm with fp32 statistics and logically named scale/bias."""
 
@@ -159,11 +187,9 @@ class MultiHeadAttention(nn.Module):
                deterministic: bool = True) -> jax.Array:
     b, l, c = x_BxLxC.shape
     dh = c // self.num_heads
-    qkv_BxLx3xHxK = nn.DenseGeneral(
-        (3, self.num_heads, dh), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=partitioned(normal(self.init_std), ('embed', None, 'heads', 'kv')),
-        bias_init=partitioned(nn.initializers.zeros, (None, 'heads', 'kv')),
-        name='qkv')(x_BxLxC)
+    qkv_BxLx3xHxK = Linear((3, self.num_heads, dh), ('embed', None, 'heads', 'kv'),
+                           init_std=self.init_std, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name='qkv')(x_BxLxC)
     q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
     mask = None
     if self.causal:
@@ -178,10 +204,8 @@ class MultiHeadAttention(nn.Module):
     rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng('dropout')
     out_BxLxHxK = dot_product_attention(
         q, k, v, scale=dh**-0.5, mask=mask, dropout_rate=self.dropout_rate, dropout_rng=rng)
-    return nn.DenseGeneral(
-        c, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=partitioned(normal(self.out_init_std), ('heads', 'kv', 'embed')),
-        bias_init=partitioned(nn.initializers.zeros, ('embed',)), name='out')(out_BxLxHxK)
+    return Linear((c,), ('heads', 'kv', 'embed'), n_in=2, init_std=self.out_init_std,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out_BxLxHxK)
 
 
 class EncoderBlock(nn.Module):

@@ -1,0 +1,110 @@
+"""Shared config pieces: `parse_arg` (big_vision style) and the common sections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+  """Parses `'key=value,flag'` after the colon of `--config=path.py:<arg>`.
+
+  Values take the type of their default in `spec`; a bare `name` sets a bool
+  to True; a bare value with no `=` sets the first key of `spec`.
+  """
+  out = ml_collections.ConfigDict(spec)
+  if not arg:
+    return out
+  first = next(iter(spec))
+  for item in filter(None, (s.strip() for s in arg.split(','))):
+    key, eq, val = item.partition('=')
+    if not eq:
+      if key in spec and isinstance(spec[key], bool):
+        out[key] = True
+        continue
+      key, val = first, item
+    if key not in spec:
+      raise ValueError(f'unknown config argument {key!r}; known: {", ".join(spec)}')
+    default = spec[key]
+    out[key] = (val.lower() in ('1', 'true', 'yes')) if isinstance(default, bool) else type(default)(val)
+  return out
+
+
+def pe_config(type_: str = 'seqpe', **seqpe: Any) -> ml_collections.ConfigDict:
+  """The `config.pe` section: the type plus per-type option groups."""
+  return ml_collections.ConfigDict({
+      'type': type_,  # seqpe | learned | sinusoidal | rope | alibi | nope (LM); + sincos2d, rope2d, rope_mixed (ViT)
+      'seqpe': {
+          'apply': 'attn_scalar',   # input_add | attn_add | attn_mul | attn_scalar
+          'pe_qk': 'single',        # single (one shared projection) | multi (per layer) | none
+          'multi_head': True,       # split PE_q/PE_k over heads
+          'scalar_scale': 1.0,      # s in attn_scalar
+          'scalar_form': 'concat',  # concat ([q; sPE_q]·[k; PE_k], fused-kernel friendly) | bias
+          'max_digits': 4,          # digits per axis: positions < 10**max_digits
+          'width': 64,              # encoder width (paper: 768 text, 384 vision)
+          'heads': 2,               # encoder heads (paper: width / 64)
+          'layers': 2,              # encoder layers (paper: 2)
+          'out_dim': 0,             # 0: derived from the model (width, or head dim)
+          'causal': True,           # causal digit attention (paper) or bidirectional
+          'dropout': 0.1,           # encoder residual dropout
+          'attn_dropout': 0.0,      # encoder attention dropout
+          'final_ln': True,         # final LayerNorm before out_proj
+          'temperature': 1.0,       # output divided by it
+          'mask_padding': False,    # mask leading zeros as keys (off in the paper)
+          **seqpe,
+      },
+      'learned': {'resize': 'linear'},  # past the trained length/grid: linear | bicubic | none
+      'sinusoidal': {'base': 10000.0, 'scale': 0.0},  # scale 0: 1/sqrt(width) (LM), 1 (sincos2d)
+      'rope': {'theta': 10000.0, 'scaling': 'none', 'factor': 1.0, 'original_length': 2048},
+      'rope_mixed': {'theta': 10.0},
+      'alibi': {'before_scale': False},  # True: the official code's bias-before-1/sqrt(d) quirk
+  })
+
+
+def aux_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """SeqPE regularisers and random shifts (`config.aux`); text defaults (method doc §4-6)."""
+  return ml_collections.ConfigDict({
+      'contrastive_weight': 0.1,   # lambda_delta
+      'ood_weight': 0.1,           # lambda_OOD
+      'weight_warmup_steps': 0,    # linear warm-up of both lambdas (0: constant)
+      'max_position': 10000,       # per-axis range [0, P) of pivots, candidates, OOD students, shifts
+      'num_pivots': 16,            # contrastive pivots per step (B_ct)
+      'num_candidates': 32,        # candidates per pivot (K)
+      'mode_probs': (0.0, 0.4, 0.6),  # candidate modes: random / digit-edit hard negatives / window
+      'hard_ratio': 0.25,          # hard negatives = int(hard_ratio * K)
+      'window': 256,               # window side for the window mode
+      'ood_items': 16,             # OOD distillation items per step (B_t)
+      'ood_points': 32,            # positions per item (n_t)
+      'ood_min_offset': -1,        # 1-D smallest student shift; -1: the train length (all students OOD)
+      'ood_heads': 0,              # heads of the per-head KL; 0: the encoder's heads
+      'ood_beta': 1.0,             # beta of the symmetric KL (1: teacher always detached)
+      'shift_rate': 0.1,           # probability of a random-shift step
+      'shift_pool': 320,           # fixed pool of start offsets (0: all offsets)
+      'shift_sets': 16,            # position sets on a shifted step (B_pe); must divide the batch
+      **overrides,
+  })
+
+
+def optim_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """AdamW with warm-up + decay, separate clipping/LR/decay for the SeqPE encoder."""
+  return ml_collections.ConfigDict({
+      'lr': 2e-3,              # peak learning rate
+      'pe_lr': 0.0,            # SeqPE encoder peak LR (0: same as lr)
+      'warmup_steps': 50,      # linear warm-up from 0
+      'schedule': 'cosine',    # cosine | linear | constant (after warm-up)
+      'min_lr_ratio': 0.1,     # final LR as a fraction of the peak
+      'weight_decay': 0.0,     # backbone AdamW decay (never on norms, biases, embeddings)
+      'pe_weight_decay': 0.0,  # SeqPE encoder decay
+      'b1': 0.9,
+      'b2': 0.99,
+      'eps': 1e-8,
+      'clip_norm': 1.0,        # global-norm clip of the backbone gradients (0: off)
+      'pe_clip_norm': 1.0,     # separate global-norm clip of the SeqPE encoder gradients
+      **overrides,
+  })
+
+
+def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
+  """Device mesh axes; -1 takes the remaining devices. data*fsdp*tensor = #devices."""
+  return ml_collections.ConfigDict({'data': data, 'fsdp': fsdp, 'tensor': tensor})

@@ -1,0 +1,481 @@
+"""Language-modelling data: tokenizers, token streams, grain train iterators, eval batches.
+
+A corpus becomes one flat int32 token stream (files concatenated, newlines
+kept). Training reads non-overlapping windows of `seq_len + 1` tokens through
+grain so the iterator state resumes the data position exactly; evaluation cuts
+the stream into padded, weighted batches in which every token is scored once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pathlib
+from typing import Callable, Iterator, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+import sentencepiece as spm
+
+from seqpe_jax.data import common
+from seqpe_jax.errors import ConfigError, DataError
+
+# ----------------------------------------------------------------------------
+# Tokenizers (picklable, so grain workers can hold them).
+# ----------------------------------------------------------------------------
+
+
+class ByteTokenizer:
+  """UTF-8 bytes as tokens (vocab 256): no training, any text, exact roundtrip."""
+
+  name = 'bytes'
+  vocab_size = 256
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
+
+  def decode(self, ids) -> str:
+    return np.asarray(ids, np.uint8).tobytes().decode('utf-8', errors='replace')
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model loaded lazily (the C++ processor does not pickle).
+
+  Lines are encoded separately and joined with the byte-fallback piece <0x0A>,
+  because SentencePiece treats input as single sentences and would drop '\n'.
+  """
+
+  def __init__(self, model_path: common.PathLike, name: str | None = None):
+    self.model_path = str(model_path)
+    self.name = name or f'sp-{pathlib.Path(model_path).stem}'
+    self._sp = None
+    self._newline_id = -1
+
+  def __getstate__(self):
+    return {**self.__dict__, '_sp': None}
+
+  @property
+  def sp(self):
+    if self._sp is None:
+      self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
+      self._newline_id = self._sp.piece_to_id('<0x0A>')
+    return self._sp
+
+  @property
+  def vocab_size(self) -> int:
+    return self.sp.vocab_size()
+
+  def encode(self, text: str) -> np.ndarray:
+    per_line = self.sp.encode(text.split('\n'), num_threads=2)
+    out: list[int] = []
+    for ids in per_line:
+      out.extend(ids)
+      out.append(self._newline_id)
+    return np.asarray(out[:-1], np.int32)  # n lines have n - 1 separators.
+
+  def decode(self, ids) -> str:
+    sp = self.sp  # Loads the model and the newline id.
+    ids = np.asarray(ids, np.int64).ravel()
+    lines = np.split(ids, np.flatnonzero(ids == self._newline_id))
+    lines = [lines[0]] + [x[1:] for x in lines[1:]]  # Drop the separators.
+    return '\n'.join(sp.decode([x.tolist() for x in lines]))
+
+  @classmethod
+  def train(cls, paths: Sequence[common.PathLike], vocab_size: int, cache_dir: common.PathLike,
+            model_type: str = 'unigram', input_sentence_size: int = 300_000
+            ) -> 'SentencePieceTokenizer':
+    """Trains on the lines of `paths` (or reuses the cached model for the same inputs)."""
+    if model_type not in ('unigram', 'bpe'):
+      raise ConfigError(f'sentencepiece model type must be unigram or bpe, got {model_type!r}')
+    key = common.fingerprint(paths, vocab_size, model_type, input_sentence_size)
+    path = pathlib.Path(cache_dir) / 'spm' / f'{model_type}-{vocab_size}-{key}.model'
+    if not path.exists():
+      def lines():
+        for p in paths:
+          for chunk in common.iter_text_chunks(p):
+            yield from (x for x in chunk.split('\n') if x.strip())
+
+      model = io.BytesIO()
+      try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(), model_writer=model, vocab_size=vocab_size,
+            model_type=model_type, byte_fallback=True, split_digits=True,
+            # Identity normalisation + kept spaces make decode(encode(x)) == x.
+            normalization_rule_name='identity', remove_extra_whitespaces=False,
+            # Sampling bounds the time/memory on large corpora (WikiText-2: seconds).
+            input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+            max_sentence_length=1 << 14, hard_vocab_limit=False, num_threads=os.cpu_count() or 1,
+            minloglevel=2)
+      except RuntimeError as e:
+        if 'sentences_.empty()' in str(e):
+          raise DataError(f'no text to train sentencepiece on in {list(map(str, paths))}') from e
+        raise ConfigError(f'sentencepiece training (vocab_size={vocab_size}) failed: '
+                          f'{common.one_line(e)}') from e
+      common.atomic_write_bytes(path, model.getvalue())
+    return cls(path, name=f'sp-{model_type}-{vocab_size}-{key}')
+
+
+# Both share `name`, `vocab_size`, `encode(str) -> int32 ids` and `decode(ids) -> str`.
+Tokenizer = ByteTokenizer | SentencePieceTokenizer
+
+
+def build_tokenizer(data_cfg: ml_collections.ConfigDict, train_paths: Sequence[pathlib.Path],
+                    cache_dir: pathlib.Path) -> Tokenizer:
+  """The tokenizer named by `data_cfg.tokenizer` (sentencepiece is trained on train_paths)."""
+  kind = data_cfg.get('tokenizer', 'sentencepiece')
+  if kind == 'bytes':
+    return ByteTokenizer()
+  if kind == 'sentencepiece':
+    return SentencePieceTokenizer.train(
+        train_paths, int(data_cfg.get('vocab_size', 8192)), cache_dir,
+        model_type=data_cfg.get('spm_model_type', 'unigram'))
+  raise ConfigError(f"config.data.tokenizer must be 'sentencepiece' or 'bytes', got {kind!r}")
+
+
+# ----------------------------------------------------------------------------
+# Corpora → token streams.
+# ----------------------------------------------------------------------------
+
+WIKITEXT_NAMES = ('wikitext-2', 'wikitext-103')
+_SUFFIXES = ('', '.xz', '.gz', '.bz2')
+
+
+def wikitext_files(data_dir: common.PathLike, name: str) -> dict[str, pathlib.Path]:
+  """Maps each available split ('train'/'valid'/'test') to its `wiki.<split>.tokens[.xz]`."""
+  if name not in WIKITEXT_NAMES:
+    raise ConfigError(f'unknown WikiText name {name!r}; expected one of {WIKITEXT_NAMES}')
+  root = pathlib.Path(data_dir) / name
+  expected = f'wiki.{{train,valid,test}}.tokens[.xz] in {root}'
+  if not root.is_dir():
+    raise DataError(f'{name} directory not found: expected {expected}')
+  files = {}
+  for split in ('train', 'valid', 'test'):
+    found = [root / f'wiki.{split}.tokens{s}' for s in _SUFFIXES]
+    found = [p for p in found if p.is_file()]
+    if found:
+      files[split] = found[0]
+  if not files:
+    raise DataError(f'no {name} files found: expected {expected}')
+  return files
+
+
+def tokenize_files(tokenizer: Tokenizer, paths: Sequence[common.PathLike],
+                   cache_dir: common.PathLike | None = None) -> np.ndarray:
+  """One int32 stream of the concatenated files, cached as .npy (memory-mapped on load)."""
+  paths = [pathlib.Path(p) for p in paths]
+  if not paths:
+    raise DataError('no text files given to tokenize')
+  cache = None
+  if cache_dir is not None:
+    key = common.fingerprint(paths, tokenizer.name)
+    cache = pathlib.Path(cache_dir) / 'tokens' / f'{tokenizer.name}-{key}.npy'
+    if cache.exists():
+      return np.load(cache, mmap_mode='r')
+  # Line-aligned chunks keep peak memory at ~one chunk of text plus the ids.
+  chunks, text = [], '\n'
+  for path in paths:
+    if not text.endswith('\n'):  # Keep files apart by a line break.
+      chunks.append(np.asarray(tokenizer.encode('\n'), np.int32))
+    for text in common.iter_text_chunks(path):
+      chunks.append(np.asarray(tokenizer.encode(text), np.int32))
+  stream = np.concatenate(chunks)
+  if cache is None:
+    return stream
+  with common.atomic_path(cache) as tmp, open(tmp, 'wb') as f:
+    np.save(f, stream)
+  return np.load(cache, mmap_mode='r')
+
+
+_TEXT_KEYS = ('text', 'book_text', 'content', 'document', 'article', 'sentence')
+
+
+def _tfds_text_key(source, text_key: str | None) -> str:
+  """`text_key`, else the first usual text feature name, else the first Text feature."""
+  features = source.dataset_info.features
+  if text_key:
+    if text_key not in features:
+      raise ConfigError(f'TFDS features have no {text_key!r}: {sorted(features.keys())}')
+    return text_key
+  for key in _TEXT_KEYS:
+    if key in features:
+      return key
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  for key in features.keys():
+    if isinstance(features[key], tfds.features.Text):
+      return key
+  raise DataError(f'no text feature among TFDS features {sorted(features.keys())}')
+
+
+def tfds_text_stream(name: str, split: str, tokenizer: Tokenizer, data_dir: str | None = None,
+                     text_key: str | None = None, max_examples: int | None = None,
+                     cache_dir: common.PathLike | None = None) -> np.ndarray:
+  """Token stream of a prepared TFDS text dataset (documents joined by newlines)."""
+  source = common.tfds_source(name, split, data_dir)
+  key = _tfds_text_key(source, text_key)
+  n = len(source) if not max_examples else min(max_examples, len(source))
+  cache = None
+  if cache_dir is not None:
+    fp = common.fingerprint([], name, split, data_dir, key, n, len(source), tokenizer.name)
+    cache = pathlib.Path(cache_dir) / 'tokens' / f'{tokenizer.name}-tfds-{fp}.npy'
+    if cache.exists():
+      return np.load(cache, mmap_mode='r')
+  parts = [np.zeros([0], np.int32)]
+  for text in _tfds_texts(source, key, n):
+    parts.append(np.asarray(tokenizer.encode(text + '\n'), np.int32))
+  stream = np.concatenate(parts)
+  if len(stream) < 2:
+    raise DataError(f'TFDS dataset {name!r} split {split!r} has no text')
+  if cache is not None:
+    with common.atomic_path(cache) as tmp, open(tmp, 'wb') as f:
+      np.save(f, stream)
+  return stream
+
+
+def _tfds_texts(source, key: str, n: int) -> Iterator[str]:
+  for i in range(n):
+    text = source[i][key]
+    yield text.decode('utf-8', errors='replace') if isinstance(text, bytes) else str(text)
+
+
+def _tfds_training_text(name: str, data_dir: str | None, cache_dir: pathlib.Path,
+                        max_chars: int = 100_000_000) -> pathlib.Path:
+  """A text file with the start of a TFDS train split, for training sentencepiece."""
+  source = common.tfds_source(name, 'train', data_dir)
+  key = _tfds_text_key(source, None)
+  path = cache_dir / 'tfds_text' / f'{name}-{common.fingerprint([], data_dir, len(source))}.txt'
+  if not path.exists():
+    with common.atomic_path(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+      total = 0
+      for text in _tfds_texts(source, key, len(source)):
+        total += f.write(text + '\n')
+        if total >= max_chars:
+          break
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Training windows through grain.
+# ----------------------------------------------------------------------------
+
+
+class LMSource:
+  """Random-access source of non-overlapping windows of a token stream.
+
+  Example i is `stream[i*L : i*L + L + 1]` split into next-token inputs/targets;
+  only full windows are used. A memory-mapped cached stream is pickled as its
+  path (grain workers re-open it) instead of copying the whole array.
+  """
+
+  def __init__(self, stream: np.ndarray, seq_len: int):
+    if seq_len < 1:
+      raise ConfigError(f'seq_len must be positive, got {seq_len}')
+    if stream.ndim != 1 or len(stream) < seq_len + 1:
+      raise DataError(f'token stream of {len(stream)} tokens is shorter than '
+                      f'seq_len + 1 = {seq_len + 1}')
+    self._stream, self.seq_len, self._path = stream, seq_len, None
+    if isinstance(stream, np.memmap) and stream.filename:
+      whole = np.load(stream.filename, mmap_mode='r')  # Reads only the header.
+      if whole.shape == stream.shape and whole.offset == stream.offset:
+        self._path = stream.filename
+
+  def __len__(self) -> int:
+    return (len(self._stream) - 1) // self.seq_len
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    start = index * self.seq_len
+    window_L1 = np.asarray(self._stream[start:start + self.seq_len + 1], np.int32)
+    return {'inputs': window_L1[:-1], 'targets': window_L1[1:]}
+
+  def __repr__(self) -> str:
+    return f'LMSource(tokens={len(self._stream)}, seq_len={self.seq_len})'
+
+  def __getstate__(self):
+    return {**self.__dict__, '_stream': None} if self._path else self.__dict__
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    if self._stream is None:
+      self._stream = np.load(self._path, mmap_mode='r')
+
+
+def lm_train_iter(stream: np.ndarray, *, seq_len: int, batch_size: int, seed: int,
+                  process_index: int = 0, process_count: int = 1,
+                  num_workers: int = 0) -> grain.DatasetIterator:
+  """Endless shuffled per-process batches {'inputs','targets': int32 [B, L]}.
+
+  The iterator's `get_state()`/`set_state()` resume the exact data position.
+  """
+  _check_batch_size(batch_size)
+  ds = grain.MapDataset.source(LMSource(stream, seq_len))
+  ds = common.shard_for_process(ds, process_index, process_count)
+  if batch_size > len(ds):
+    raise DataError(f'per-process batch size {batch_size} exceeds the {len(ds)} training '
+                    f'windows of {seq_len + 1} tokens this process has; lower the batch '
+                    'size or seq_len, or add data')
+  ds = ds.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
+  return common.to_iterator(ds, num_workers)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation: every token after the first is scored exactly once.
+# ----------------------------------------------------------------------------
+
+
+def _eval_stream(stream: np.ndarray, max_tokens: int | None) -> np.ndarray:
+  stream = stream[:max_tokens] if max_tokens else stream
+  if len(stream) < 2:
+    raise DataError(f'evaluation stream has {len(stream)} tokens; need at least 2')
+  return stream
+
+
+def lm_eval_chunks(stream: np.ndarray, length: int,
+                   max_tokens: int | None = None) -> list[np.ndarray]:
+  """Chunks of `length + 1` tokens at stride `length`; the last one may be shorter."""
+  if length < 1:
+    raise ConfigError(f'evaluation length must be positive, got {length}')
+  stream = _eval_stream(stream, max_tokens)
+  return [np.asarray(stream[i:i + length + 1], np.int32)
+          for i in range(0, len(stream) - 1, length)]
+
+
+def _check_batch_size(batch_size: int) -> None:
+  if batch_size < 1:
+    raise ConfigError(f'batch_size must be positive, got {batch_size}')
+
+
+def _padded_batches(rows: Iterator[tuple[np.ndarray, int, int]], length: int,
+                    batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Packs (window, first scored, end scored) rows into zero-padded weighted batches."""
+
+  def empty():
+    return {'inputs': np.zeros([batch_size, length], np.int32),
+            'targets': np.zeros([batch_size, length], np.int32),
+            'weights': np.zeros([batch_size, length], np.float32)}
+
+  batch, r = empty(), 0
+  for window, lo, hi in rows:
+    n = len(window) - 1
+    batch['inputs'][r, :n] = window[:-1]
+    batch['targets'][r, :n] = window[1:]
+    batch['weights'][r, lo:hi] = 1.0
+    r += 1
+    if r == batch_size:
+      yield batch
+      batch, r = empty(), 0
+  if r:
+    yield batch
+
+
+def lm_eval_batches(stream: np.ndarray, length: int, batch_size: int,
+                    max_tokens: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Non-overlapping eval batches {'inputs','targets' int32, 'weights' f32: [B, length]}."""
+  _check_batch_size(batch_size)
+  chunks = lm_eval_chunks(stream, length, max_tokens)
+  return _padded_batches(((c, 0, len(c) - 1) for c in chunks), length, batch_size)
+
+
+def lm_sliding_batches(stream: np.ndarray, length: int, stride: int, batch_size: int,
+                       max_tokens: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Sliding windows of `length` advancing by `stride`; each window scores its new tokens.
+
+  The first window scores all its targets, later ones only the last `stride`
+  (so every scored token sees at least length - stride tokens of context); the
+  final window is aligned to the stream's end to keep its context full.
+  """
+  if not 1 <= stride <= length:
+    raise ConfigError(f'sliding stride must be in [1, length={length}], got {stride}')
+  _check_batch_size(batch_size)
+  stream = _eval_stream(stream, max_tokens)
+  n = len(stream)
+
+  def rows():
+    last_start, done, k = max(0, n - 1 - length), 0, 0  # Targets 1..done are scored.
+    while done < n - 1:
+      start = min(k * stride, last_start)
+      end = min(start + length, n - 1)
+      window = np.asarray(stream[start:end + 1], np.int32)
+      yield window, done - start, end - start  # Target t sits at column t - start - 1.
+      done, k = end, k + 1
+
+  return _padded_batches(rows(), length, batch_size)
+
+
+# ----------------------------------------------------------------------------
+# Config glue.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LMData:
+  tokenizer: Tokenizer
+  train_iter: grain.DatasetIterator
+  eval_stream: Callable[[str], np.ndarray]  # split name -> token stream.
+  train_tokens: int
+
+
+def _split_files(data_cfg: ml_collections.ConfigDict) -> dict[str, list[pathlib.Path]]:
+  """Split → text files for `name` in {'wikitext-2', 'wikitext-103', 'files'}."""
+  name = data_cfg.name
+  if name in WIKITEXT_NAMES:
+    files = wikitext_files(common.resolve_data_dir(data_cfg.get('dir', '')), name)
+    return {split: [path] for split, path in files.items()}
+  if name != 'files':
+    raise ConfigError(f"unknown config.data.name {name!r}; expected 'wikitext-2', "
+                      "'wikitext-103', 'files' or 'tfds:<name>'")
+  out = {}
+  for split, field in (('train', 'train_files'), ('eval', 'eval_files')):
+    paths = [common.resolve_path(p.strip(), data_cfg.get('dir', ''))
+             for p in data_cfg.get(field, '').split(',') if p.strip()]
+    for p in paths:
+      if not p.is_file():
+        raise DataError(f'data file not found: {p} (from config.data.{field})')
+    if paths:
+      out[split] = paths
+  return out
+
+
+def _tfds_name(data_cfg) -> str | None:
+  name = data_cfg.name
+  return name[len('tfds:'):] if name.startswith('tfds:') else None
+
+
+def build_lm_eval_stream(data_cfg: ml_collections.ConfigDict, split: str,
+                         tokenizer: Tokenizer) -> np.ndarray:
+  """The token stream of `split` of the configured corpus (cached)."""
+  cache_dir = common.resolve_cache_dir(data_cfg.get('cache_dir', ''))
+  if tfds_name := _tfds_name(data_cfg):
+    return tfds_text_stream(tfds_name, split, tokenizer, data_cfg.get('tfds_data_dir') or None,
+                            max_examples=data_cfg.get('max_eval_examples') or None,
+                            cache_dir=cache_dir)
+  files = _split_files(data_cfg)
+  key = split if data_cfg.name != 'files' or split == 'train' else 'eval'
+  if key not in files:
+    raise DataError(f'split {split!r} of {data_cfg.name} not found (have {sorted(files)})')
+  return tokenize_files(tokenizer, files[key], cache_dir)
+
+
+def build_lm_data(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
+                  seed: int, process_index: int = 0, process_count: int = 1) -> LMData:
+  """Tokenizer, per-process train iterator and eval-stream getter from `config.data`."""
+  cache_dir = common.resolve_cache_dir(data_cfg.get('cache_dir', ''))
+  if tfds_name := _tfds_name(data_cfg):
+    tfds_dir = data_cfg.get('tfds_data_dir') or None
+    sample = ([_tfds_training_text(tfds_name, tfds_dir, cache_dir)]
+              if data_cfg.get('tokenizer', 'sentencepiece') == 'sentencepiece' else [])
+    tokenizer = build_tokenizer(data_cfg, sample, cache_dir)
+    stream = tfds_text_stream(tfds_name, 'train', tokenizer, tfds_dir, cache_dir=cache_dir,
+                              max_examples=data_cfg.get('max_train_examples') or None)
+  else:
+    files = _split_files(data_cfg)
+    if 'train' not in files:
+      raise DataError(f'{data_cfg.name} has no train split (found {sorted(files)}); put '
+                      'wiki.train.tokens[.xz] next to the others, or set config.data.train_files')
+    tokenizer = build_tokenizer(data_cfg, files['train'], cache_dir)
+    stream = tokenize_files(tokenizer, files['train'], cache_dir)
+  train_iter = lm_train_iter(stream, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                             process_index=process_index, process_count=process_count,
+                             num_workers=data_cfg.get('num_workers', 0))
+  return LMData(tokenizer, train_iter,
+                lambda split: build_lm_eval_stream(data_cfg, split, tokenizer), len(stream))

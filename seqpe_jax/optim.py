@@ -1,0 +1,103 @@
+"""optax: AdamW with warm-up + decay, separate clipping/LR/decay for the SeqPE encoder.
+
+The official code clips the SeqPE encoder's gradients separately from the
+backbone's (its contrastive loss on raw dot products spikes the gradient norm;
+under one global clip the spikes shrink the LM gradient, calibration.md §1).
+`optax.multi_transform` gives each group its own clip → AdamW chain, so each
+global norm is computed over its own group only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from seqpe_jax.errors import ConfigError
+
+PE_GROUP, BACKBONE_GROUP = 'seqpe_encoder', 'backbone'
+# Parameters that never get weight decay (by name): embeddings, position tables/vectors.
+_NO_DECAY_NAMES = ('embed', 'embedding', 'table', 'prefix_pos', 'cls_token', 'rope_freqs')
+
+
+def _path_keys(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def _is_box(x) -> bool:
+  return isinstance(x, nn.LogicallyPartitioned)
+
+
+def _value(x):
+  return x.value if _is_box(x) else x
+
+
+def param_groups(params) -> Any:
+  """'seqpe_encoder' for the SeqPE encoder's parameters, 'backbone' for the rest."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: PE_GROUP if PE_GROUP in _path_keys(p) else BACKBONE_GROUP, params,
+      is_leaf=_is_box)
+
+
+def decay_mask(params) -> Any:
+  """True where AdamW decays: matrices only (no norms, biases, embeddings, PE tables)."""
+  def decays(path, x) -> bool:
+    keys = _path_keys(path)
+    if any(any(n in k for n in _NO_DECAY_NAMES) for k in keys):
+      return False
+    return _value(x).ndim > 1
+  return jax.tree_util.tree_map_with_path(decays, params, is_leaf=_is_box)
+
+
+def schedule(cfg: ml_collections.ConfigDict, peak: float, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0, then cosine / linear decay to `min_lr_ratio * peak`, or constant."""
+  warm = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+  end = peak * float(cfg.min_lr_ratio)
+  decay_steps = max(total_steps - warm, 1)
+  if cfg.schedule == 'cosine':
+    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=float(cfg.min_lr_ratio))
+  elif cfg.schedule == 'linear':
+    after = optax.linear_schedule(peak, end, decay_steps)
+  elif cfg.schedule == 'constant':
+    after = optax.constant_schedule(peak)
+  else:
+    raise ConfigError(f'unknown optim.schedule {cfg.schedule!r}; use cosine, linear or constant')
+  if warm == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])
+
+
+def _adamw(cfg, lr: optax.Schedule, weight_decay: float, clip: float) -> optax.GradientTransformation:
+  parts = [optax.clip_by_global_norm(clip)] if clip > 0 else []
+  parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=weight_decay,
+                           mask=decay_mask))
+  return optax.chain(*parts)
+
+
+def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
+                    ) -> tuple[optax.GradientTransformation, Callable[[int], jax.Array]]:
+  """Returns `(tx, lr_fn)`: the two-group optimizer and the backbone LR schedule."""
+  if cfg.lr <= 0:
+    raise ConfigError(f'optim.lr must be positive, got {cfg.lr}')
+  lr = schedule(cfg, float(cfg.lr), total_steps)
+  pe_lr = schedule(cfg, float(cfg.pe_lr or cfg.lr), total_steps)
+  tx = optax.multi_transform(
+      {BACKBONE_GROUP: _adamw(cfg, lr, float(cfg.weight_decay), float(cfg.clip_norm)),
+       PE_GROUP: _adamw(cfg, pe_lr, float(cfg.pe_weight_decay), float(cfg.pe_clip_norm))},
+      param_groups)
+  return tx, lr
+
+
+def group_norms(grads) -> dict[str, jax.Array]:
+  """Global gradient norms of the two groups (before clipping), for logging."""
+  groups = param_groups(grads)
+  out = {}
+  for name in (BACKBONE_GROUP, PE_GROUP):
+    leaves = [g for g, n in zip(jax.tree.leaves(grads), jax.tree.leaves(groups)) if n == name]
+    out[name] = (jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
+                 if leaves else jnp.zeros(()))
+  return out

@@ -1,0 +1,275 @@
+"""Training: sharded state, the pure jitted train step, and the loop.
+
+The step `train_step(state, batch, rng)` is jitted once with in/out shardings
+and the state donated. Nothing host-side runs per step except feeding the
+next batch: metrics of step n are fetched after step n+1 is dispatched, so the
+device never waits for the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import signal
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from seqpe_jax import checkpoint, evaluate, optim, sharding
+from seqpe_jax.errors import ConfigError, UserError
+from seqpe_jax.metrics import MetricWriter
+from seqpe_jax.tasks import Task, count_params
+
+PREEMPTED_EXIT_CODE = 75   # EX_TEMPFAIL: checkpointed on SIGTERM/preemption; rerun to resume
+NONFINITE_EXIT_CODE = 3    # a NaN/Inf loss or gradient stopped the run
+TERMS = ('task_loss', 'contrastive', 'ood')
+
+
+class Preempted(Exception):
+  """Raised after a preemption checkpoint was written."""
+
+  exit_code = PREEMPTED_EXIT_CODE
+
+
+class NonFiniteError(Exception):
+  """A NaN/Inf loss term or gradient (the state keeps the last finite values)."""
+
+  exit_code = NONFINITE_EXIT_CODE
+
+
+# ---------------------------------------------------------------------------- state
+
+def create_train_state(task: Task, tx: optax.GradientTransformation, mesh, rng: jax.Array
+                       ) -> tuple[train_state.TrainState, Any]:
+  """Initialises the state directly sharded (jitted init with out_shardings)."""
+  def init_boxed(r):
+    return train_state.TrainState.create(apply_fn=task.model.apply, params=task.init(r), tx=tx)
+  abstract = jax.eval_shape(init_boxed, rng)
+  shardings = sharding.logical_shardings(abstract, mesh)
+  state = jax.jit(lambda r: nn.meta.unbox(init_boxed(r)), out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def abstract_state(state: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the target shardings (for sharded restore)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+# ---------------------------------------------------------------------------- step
+
+def _tree_finite(tree) -> jax.Array:
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+  return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def make_train_step(task: Task, lr_fn: Callable, grad_accum: int = 1) -> Callable:
+  """The pure step: grads (optionally accumulated over micro-batches) → AdamW update.
+
+  A non-finite loss term or gradient leaves params and optimizer state
+  unchanged (the step counter still advances with the data); the host decides
+  whether to stop or skip from the `finite_*` metrics.
+  """
+  grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+
+  def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    if grad_accum == 1:
+      (_, metrics), grads = grad_fn(state.params, batch, rng, state.step)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
+
+      def body(carry, i):
+        mb = jax.tree.map(lambda x: x[i], micro)
+        (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i), state.step)
+        return jax.tree.map(jnp.add, carry, (g, m)), None
+      zeros = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
+                                             rng, state.step))
+      init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1]))
+      (grads, metrics), _ = jax.lax.scan(body, init, jnp.arange(grad_accum))
+      grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
+    norms = optim.group_norms(grads)
+    finite_grads = _tree_finite(grads)
+    ok = finite_grads & jnp.isfinite(metrics['loss'])
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state))
+    metrics = {**metrics, 'lr': lr_fn(state.step), 'grad_norm': norms[optim.BACKBONE_GROUP],
+               'pe_grad_norm': norms[optim.PE_GROUP],
+               'finite_grads': finite_grads.astype(jnp.float32)}
+    for t in TERMS:
+      if t in metrics:
+        metrics[f'finite_{t}'] = jnp.isfinite(metrics[t]).astype(jnp.float32)
+    return new_state, metrics
+  return train_step
+
+
+def jit_train_step(step_fn: Callable, state_shardings, batch: dict, mesh) -> Callable:
+  batch_sh = {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
+  repl = sharding.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh, repl),
+                 out_shardings=(state_shardings, repl), donate_argnums=(0,))
+
+
+# ---------------------------------------------------------------------------- loop
+
+class _SignalFlag:
+  """Turns SIGTERM (preemption notice) into a flag checked between steps."""
+
+  def __init__(self):
+    self.raised = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _bad_terms(m: dict) -> list[str]:
+  bad = [t for t in TERMS if m.get(f'finite_{t}', 1.0) < 1.0]
+  if m.get('finite_grads', 1.0) < 1.0:
+    bad.append('gradients')
+  return bad
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a training run holds (built by `main.build_run`)."""
+
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  task: Task
+  mesh: Any
+  data: Any                  # LMData | ImageData
+  tx: optax.GradientTransformation
+  lr_fn: Callable
+
+
+def train(run: Run) -> tuple[train_state.TrainState, int]:
+  """Trains to `train.steps` (resuming from the workdir); returns (state, step)."""
+  cfg, task, mesh = run.config, run.task, run.mesh
+  t = cfg.train
+  total = int(t.steps)
+  ckpt = checkpoint.Checkpointer(run.workdir, every=int(t.checkpoint_every),
+                                 keep=int(t.keep_checkpoints), async_save=bool(t.async_checkpoint))
+  base_rng = jax.random.PRNGKey(int(cfg.seed))
+  state, shardings = create_train_state(task, run.tx, mesh, jax.random.fold_in(base_rng, 1))
+  train_iter = run.data.train_iter
+  restored = ckpt.restore(abstract_state(state, shardings), train_iter)
+  start = 0
+  if restored is not None:
+    state, start = restored
+    print(f'resumed from {ckpt.directory / str(start)} at step {start}', flush=True)
+  checkpoint.write_config(run.workdir, cfg)
+  logging.info('parameters: %s', f'{count_params(state.params):,}')
+
+  step_fn = jit_train_step(make_train_step(task, run.lr_fn, int(t.get('grad_accum', 1))),
+                           shardings, task.dummy_batch(1), mesh)
+  writer = MetricWriter(run.workdir, total_steps=total, start_step=start)
+  skip = t.get('nonfinite', 'stop') == 'skip'
+  units = 'tokens' if task.kind == 'lm' else 'images'
+  per_step = int(t.batch_size) * (task.train_grid[0] if task.kind == 'lm' else 1)
+  pending: tuple[int, Any] | None = None
+  window: dict[str, float] = {}
+  n_window, t_window = 0, time.time()
+
+  def drain(pending_) -> None:
+    """Pulls step metrics to the host: NaN check, windowed logging."""
+    nonlocal window, n_window, t_window
+    step_, m = pending_
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    bad = _bad_terms(m)
+    if bad:
+      msg = (f'non-finite {", ".join(bad)} at step {step_}; parameters kept at step '
+             f'{step_ - 1}, last checkpoint: step {ckpt.latest_step()}')
+      if not skip:
+        raise NonFiniteError(msg + ' (set train.nonfinite=skip to skip such steps)')
+      print(f'warning: {msg}; skipping the update', flush=True)
+    for k, v in m.items():
+      window[k] = window.get(k, 0.0) + v
+    n_window += 1
+    if step_ % int(t.log_every) == 0 or step_ == total:
+      dt = max(time.time() - t_window, 1e-9)
+      row = {k: v / n_window for k, v in window.items() if not k.startswith('finite_')}
+      row[f'{units}_per_sec'] = per_step * n_window / dt
+      row['step_time_ms'] = 1000 * dt / n_window
+      writer.write(step_, row)
+      window, n_window, t_window = {}, 0, time.time()
+
+  try:
+    with _SignalFlag() as sigterm, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      for step in range(start, total):
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, metrics = step_fn(state, batch, base_rng)  # async dispatch
+        if pending is not None:
+          drain(pending)
+        pending = (step + 1, metrics)
+        writer.advance()
+        preempt = sigterm.raised or ckpt.reached_preemption(step + 1)
+        if preempt or ckpt.manager.should_save(step + 1) or step + 1 == total:
+          drain(pending)  # never checkpoint a step before its NaN check
+          pending = None
+          ckpt.save(step + 1, state, train_iter, force=preempt or step + 1 == total)
+        if preempt:
+          ckpt.wait()
+          raise Preempted(f'preempted: checkpoint written at step {step + 1} in '
+                          f'{ckpt.directory}; rerun the same command to resume')
+      if pending is not None:
+        drain(pending)
+  finally:
+    writer.close()
+    ckpt.wait()
+    ckpt.close()
+  return state, total
+
+
+def evaluate_run(run: Run, params: Any) -> dict:
+  """The extrapolation sweep of the run's task; writes the report files."""
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+    if run.task.kind == 'lm':
+      results = evaluate.lm_extrapolation(run.task, params, run.mesh, run.data.eval_stream,
+                                          run.config)
+    else:
+      results = evaluate.vit_extrapolation(run.task, params, run.mesh, run.data.eval_batches,
+                                           run.config)
+  return evaluate.write_report(run.workdir, run.task, results)
+
+
+def restore_params(run: Run) -> tuple[Any, int]:
+  """The params of the newest checkpoint in the workdir (for evaluation alone)."""
+  ckpt = checkpoint.Checkpointer(run.workdir, every=1, keep=1000, async_save=False)
+  if ckpt.latest_step() is None:
+    ckpt.close()
+    raise UserError(f'no checkpoint in {ckpt.directory}; train first (--mode=train)')
+  with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+    state, shardings = create_train_state(run.task, run.tx, run.mesh, jax.random.PRNGKey(0))
+    restored = ckpt.restore(abstract_state(state, shardings), None)
+  ckpt.close()
+  if restored is None:
+    raise UserError(f'no readable checkpoint in {ckpt.directory}')
+  return restored[0].params, restored[1]
+
+
+__all__ = ['create_train_state', 'make_train_step', 'jit_train_step', 'train', 'evaluate_run',
+           'restore_params', 'Run', 'Preempted', 'NonFiniteError', 'ConfigError']

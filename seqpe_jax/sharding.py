@@ -94,7 +94,10 @@ def logical_shardings(abstract_boxed_tree, mesh: Mesh, rules=RULES):
   """NamedShardings for a (boxed, abstract) tree: logical names → mesh axes → fitted."""
   specs = nn.get_partition_spec(abstract_boxed_tree)
   mesh_specs = nn.logical_to_mesh(specs, rules)
-  shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_boxed_tree))
+  # Shapes without `nn.meta.unbox`, which would apply sharding constraints to abstract values.
+  is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+  shapes = jax.tree.map(lambda x: (x.value if is_box(x) else x).shape, abstract_boxed_tree,
+                        is_leaf=is_box)
   return jax.tree.map(lambda s, shape: NamedSharding(mesh, _fit(s, shape, mesh)), mesh_specs,
                       shapes, is_leaf=lambda x: isinstance(x, P))
 

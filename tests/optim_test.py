@@ -1,0 +1,86 @@
+"""Tests for seqpe_jax.optim: groups, decay masks, schedules, separate clipping."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from absl.testing import absltest
+
+from configs import common
+from seqpe_jax import optim
+from seqpe_jax.errors import ConfigError
+
+PARAMS = {
+    'tok_embed': {'embedding': jnp.ones((8, 4))},
+    'block_0': {'attn': {'qkv': {'kernel': jnp.ones((4, 12)), 'bias': jnp.ones((12,))}},
+                'ln_1': {'ln': {'scale': jnp.ones((4,)), 'bias': jnp.zeros((4,))}}},
+    'posenc': {'seqpe_encoder': {'token_embed': jnp.ones((10, 4)),
+                                 'block_0': {'mlp': {'fc': {'kernel': jnp.ones((4, 16))}}}},
+               'pe_qk': {'kernel': jnp.ones((4, 8))}},
+}
+
+
+class OptimTest(chex.TestCase):
+
+  def test_groups_and_decay_mask(self):
+    groups = optim.param_groups(PARAMS)
+    self.assertEqual(groups['posenc']['seqpe_encoder']['token_embed'], 'seqpe_encoder')
+    self.assertEqual(groups['posenc']['pe_qk']['kernel'], 'backbone')  # pe_qk is the model's
+    self.assertEqual(groups['block_0']['attn']['qkv']['kernel'], 'backbone')
+    mask = optim.decay_mask(PARAMS)
+    self.assertTrue(mask['block_0']['attn']['qkv']['kernel'])
+    self.assertFalse(mask['block_0']['attn']['qkv']['bias'])
+    self.assertFalse(mask['block_0']['ln_1']['ln']['scale'])
+    self.assertFalse(mask['tok_embed']['embedding'])
+    self.assertFalse(mask['posenc']['seqpe_encoder']['token_embed'])
+    self.assertTrue(mask['posenc']['seqpe_encoder']['block_0']['mlp']['fc']['kernel'])
+
+  def test_schedules(self):
+    cfg = common.optim_config(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    lr = optim.schedule(cfg, 1.0, 110)
+    np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(110)], [0.0, 0.5, 1.0, 0.1], atol=1e-6)
+    cfg.schedule = 'linear'
+    np.testing.assert_allclose(optim.schedule(cfg, 1.0, 110)(60), 0.55, atol=1e-6)
+    cfg.schedule = 'constant'
+    np.testing.assert_allclose(optim.schedule(cfg, 1.0, 110)(100), 1.0)
+    cfg.schedule = 'exp'
+    with pytest.raises(ConfigError, match='schedule'):
+      optim.schedule(cfg, 1.0, 10)
+
+  def test_separate_clipping_keeps_backbone_update_from_encoder_spikes(self):
+    # eps=1 with b1=b2=0 makes Adam's update g / (|g| + 1): it shows the clipped magnitude.
+    cfg = common.optim_config(lr=1.0, warmup_steps=0, schedule='constant', clip_norm=1.0,
+                              pe_clip_norm=1.0, b1=0.0, b2=0.0, eps=1.0)
+    tx, _ = optim.build_optimizer(cfg, 10)
+    grads = jax.tree.map(jnp.zeros_like, PARAMS)
+    grads['block_0']['attn']['qkv']['kernel'] = jnp.full((4, 12), 0.01)
+    grads['posenc']['seqpe_encoder']['token_embed'] = jnp.full((10, 4), 100.0)  # a spike
+    updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+    # Backbone norm 0.069 < 1: untouched by the encoder's spike (a global clip would scale it
+    # by 1/632 here).
+    np.testing.assert_allclose(updates['block_0']['attn']['qkv']['kernel'], -0.01 / 1.01, rtol=1e-4)
+    g_pe = 100.0 / (100.0 * np.sqrt(40))  # the encoder clipped to norm 1 on its own
+    np.testing.assert_allclose(updates['posenc']['seqpe_encoder']['token_embed'],
+                               -g_pe / (g_pe + 1), rtol=1e-4)
+    norms = optim.group_norms(grads)
+    np.testing.assert_allclose(norms['seqpe_encoder'], 100.0 * np.sqrt(40), rtol=1e-5)
+    np.testing.assert_allclose(norms['backbone'], 0.01 * np.sqrt(48), rtol=1e-5)
+
+  def test_pe_lr_and_weight_decay(self):
+    cfg = common.optim_config(lr=1.0, pe_lr=0.1, warmup_steps=0, schedule='constant',
+                              clip_norm=0.0, pe_clip_norm=0.0, weight_decay=0.0, pe_weight_decay=0.0)
+    tx, _ = optim.build_optimizer(cfg, 10)
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+    bb = float(updates['block_0']['attn']['qkv']['kernel'][0, 0])
+    pe = float(updates['posenc']['seqpe_encoder']['block_0']['mlp']['fc']['kernel'][0, 0])
+    np.testing.assert_allclose(pe / bb, 0.1, rtol=1e-4)
+    with pytest.raises(ConfigError, match='lr'):
+      optim.build_optimizer(ml_collections.ConfigDict({**cfg.to_dict(), 'lr': 0.0}), 10)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -107,4 +107,9 @@ def optim_config(**overrides: Any) -> ml_collections.ConfigDict:
 
 def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
   """Device mesh axes; -1 takes the remaining devices. data*fsdp*tensor = #devices."""
-  return ml_collections.ConfigDict({'data': data, 'fsdp': fsdp, 'tensor': tensor})
+  return ml_collections.ConfigDict({
+      'data': data,         # data parallel
+      'fsdp': fsdp,         # data parallel with parameters/optimizer state sharded (FSDP)
+      'tensor': tensor,     # tensor parallel: heads and MLP width split
+      'num_devices': 0,     # use the first N devices (single host; 0: all)
+  })

@@ -12,12 +12,12 @@ SLURM to call `jax.distributed.initialize()` first.
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -94,7 +94,7 @@ def validate_config_early(config) -> None:
 
 def main(argv) -> None:
   del argv
-  logging.getLogger('absl').setLevel(logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # keep the console to the progress bar
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize()

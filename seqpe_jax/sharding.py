@@ -68,7 +68,15 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """The `('data', 'fsdp', 'tensor')` mesh over `devices` (default: all), Auto axes."""
-  devices = list(devices if devices is not None else jax.devices())
+  if devices is None:
+    devices = jax.devices()
+    n = int(mesh_cfg.get('num_devices', 0) or 0)
+    if n:
+      if n > len(devices) or jax.process_count() > 1:
+        raise ConfigError(f'mesh.num_devices={n} needs a single host with at least {n} devices '
+                          f'(have {len(devices)} on {jax.process_count()} processes)')
+      devices = devices[:n]
+  devices = list(devices)
   shape = mesh_shape(mesh_cfg, len(devices))
   try:
     from jax.experimental import mesh_utils

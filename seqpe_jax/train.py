@@ -9,7 +9,6 @@ device never waits for the host.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import pathlib
 import signal
 import time
@@ -182,7 +181,9 @@ def train(run: Run) -> tuple[train_state.TrainState, int]:
     state, start = restored
     print(f'resumed from {ckpt.directory / str(start)} at step {start}', flush=True)
   checkpoint.write_config(run.workdir, cfg)
-  logging.info('parameters: %s', f'{count_params(state.params):,}')
+  if jax.process_index() == 0:
+    print(f'{task.kind} with pe={task.pe.type}: {count_params(state.params):,} parameters on a '
+          f'{dict(mesh.shape)} mesh; training steps {start}..{total}', flush=True)
 
   step_fn = jit_train_step(make_train_step(task, run.lr_fn, int(t.get('grad_accum', 1))),
                            shardings, task.dummy_batch(1), mesh)

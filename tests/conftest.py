@@ -2,10 +2,13 @@
 
 import os
 import pathlib
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Tests never write into the user's cache.
+os.environ['SEQPE_CACHE_DIR'] = tempfile.mkdtemp(prefix='seqpe_test_cache_')
 
 import jax  # noqa: E402  (must follow the environment set-up)
 import pytest  # noqa: E402

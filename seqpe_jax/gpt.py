@@ -49,9 +49,7 @@ class GPT(nn.Module):
   def setup(self):
     c = self.cfg
     dtype = dtype_of(c.dtype)
-    self.tok_embed = nn.Embed(
-        c.vocab_size, c.width, dtype=dtype,
-        embedding_init=layers.partitioned(layers.normal(0.02), ('vocab', 'embed')))
+    self.tok_embed = layers.Embed(c.vocab_size, c.width, dtype=dtype)
     self.posenc = PositionEncoder(self.pe, c.width, c.num_heads, data_dim=1,
                                   train_grid=(self.train_len,), causal=True, dtype=dtype)
     block = block_class(c.remat)

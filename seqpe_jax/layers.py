@@ -61,6 +61,35 @@ class Linear(nn.Module):
     return y
 
 
+class Embed(nn.Module):
+  """Token embedding `[V, C]` ('vocab', 'embed') with an FSDP-friendly lookup.
+
+  The table is all-gathered over its 'embed' (FSDP) axis before the lookup, so the
+  batch-sharded activations never need a reshuffle and the backward pass
+  reduce-scatters the table's gradient back to its shards.
+  """
+
+  num_embeddings: int
+  features: int
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param('embedding', partitioned(normal(self.init_std), ('vocab', 'embed')),
+                                (self.num_embeddings, self.features), self.param_dtype)
+
+  def _table(self) -> jax.Array:
+    return constrain(jnp.asarray(self.embedding, self.dtype), ('vocab', None))
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self._table(), ids, axis=0)
+
+  def attend(self, x_BxLxC: jax.Array) -> jax.Array:
+    """Logits against the (tied) table: `x · Eᵀ`."""
+    return jnp.einsum('blc,vc->blv', x_BxLxC.astype(self.dtype), self._table())
+
+
 class LayerNorm(nn.Module):
   """LayerNorm with fp32 statistics and logically named scale/bias."""
 

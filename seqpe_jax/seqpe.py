@@ -74,9 +74,13 @@ class SeqPEEncoder(nn.Module):
                        f'got shape {positions.shape}')
     batch_shape = positions.shape[:-1]
     pos_MxN = positions.reshape(-1, self.data_dim)
+    m = pos_MxN.shape[0]
+    pos_MxN = _pad_to_batch_shards(pos_MxN)
     digits_MxT = pos_lib.digitize(pos_MxN, self.max_digits, self.base)
     n_tok = self.data_dim * self.max_digits
-    init = layers.partitioned(layers.normal(self.init_std), (None, 'embed'))
+    # The embedding tables are tiny (10 + k*n + n + 1 rows): replicated, never FSDP-sharded, so
+    # the digit lookup stays local to the batch-sharded positions.
+    init = layers.partitioned(layers.normal(self.init_std), (None, None))
 
     tok_emb = self.param('token_embed', init, (self.base, self.width), self.param_dtype)
     dpos_emb = self.param('digit_pos_embed', init, (n_tok, self.width), self.param_dtype)
@@ -86,7 +90,7 @@ class SeqPEEncoder(nn.Module):
       axis_emb = self.param('axis_embed', init, (self.data_dim, self.width), self.param_dtype)
       axis_ids_T = pos_lib.axis_ids(self.data_dim, self.max_digits)
       x_MxTxD = x_MxTxD + jnp.asarray(axis_emb, self.dtype)[axis_ids_T][None]
-    cls = self.param('cls_embed', layers.partitioned(layers.normal(self.init_std), ('embed',)),
+    cls = self.param('cls_embed', layers.partitioned(layers.normal(self.init_std), (None,)),
                      (self.width,), self.param_dtype)
     cls_Mx1xD = jnp.broadcast_to(jnp.asarray(cls, self.dtype), (x_MxTxD.shape[0], 1, self.width))
     x_MxTxD = jnp.concatenate([x_MxTxD, cls_Mx1xD], axis=1)  # CLS last (T = n*k + 1)
@@ -114,7 +118,22 @@ class SeqPEEncoder(nn.Module):
         name='out_proj')(h_MxD)
     if self.temperature != 1.0:
       out_MxO = out_MxO / self.temperature
-    return out_MxO.reshape(*batch_shape, self.out_dim)
+    return out_MxO[:m].reshape(*batch_shape, self.out_dim)
+
+
+def _pad_to_batch_shards(pos_MxN: jax.Array) -> jax.Array:
+  """Pads the position batch to a multiple of the mesh's batch shards (zeros, dropped after).
+
+  The encoder's position batch is sharded over ('data', 'fsdp'); an uneven count would make
+  XLA replicate and re-split it.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  shards = 1
+  for axis in ('data', 'fsdp'):
+    if not mesh.empty and axis in mesh.axis_names:
+      shards *= mesh.shape[axis]
+  pad = -pos_MxN.shape[0] % shards
+  return jnp.pad(pos_MxN, ((0, pad), (0, 0))) if pad else pos_MxN
 
 
 def num_params(variables) -> int:

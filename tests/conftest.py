@@ -9,6 +9,11 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Tests never write into the user's cache.
 os.environ['SEQPE_CACHE_DIR'] = tempfile.mkdtemp(prefix='seqpe_test_cache_')
+# A session-wide persistent compilation cache: identical programs (rebuilt jits, subprocess
+# runs of the CLI) compile once. Inherited by subprocesses through the environment.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='seqpe_test_jcc_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
 import jax  # noqa: E402  (must follow the environment set-up)
 import pytest  # noqa: E402

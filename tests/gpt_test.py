@@ -52,6 +52,21 @@ class CausalityTest(chex.TestCase, parameterized.TestCase):
       self.assertTrue(any(float(jnp.abs(g[:, :t + 1]).sum()) > 0 for g in float_grads.values()))
 
 
+class FusedAttentionTest(chex.TestCase, parameterized.TestCase):
+
+  @parameterized.named_parameters((_name(pe), pe) for pe in PE_VARIANTS)
+  def test_fused_equals_reference(self, pe):
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (2, L), 0, V)
+    pe_cfg = PEConfig(**{'width': 16, 'heads': 2, 'max_digits': 3, 'dropout': 0.0, **pe})
+    logits = {}
+    for impl in ('reference', 'xla'):
+      model = GPT(GPTConfig(vocab_size=V, num_layers=2, width=32, num_heads=4,
+                            attention_impl=impl), pe_cfg, train_len=L)
+      params = model.init(jax.random.PRNGKey(1), tokens) if impl == 'reference' else params
+      logits[impl] = model.apply(params, tokens)[0]
+    np.testing.assert_allclose(logits['xla'], logits['reference'], atol=2e-5)
+
+
 class GPTTest(chex.TestCase, parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)

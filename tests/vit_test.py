@@ -35,6 +35,23 @@ class ViTTest(chex.TestCase, parameterized.TestCase):
     grads = jax.grad(lambda p: model.apply(p, x)[0].sum())(params)
     chex.assert_tree_all_finite(grads)
 
+  @parameterized.parameters(*VIT_PE_TYPES)
+  def test_fused_equals_reference(self, type_):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+    pe = PEConfig(type=type_, width=16, heads=2, max_digits=2, apply='attn_mul', pe_qk='multi',
+                  dropout=0.0)
+    feats = {}
+    for impl in ('reference', 'xla'):
+      model = ViT(ViTConfig(num_classes=5, patch_size=4, num_layers=2, width=32, num_heads=4,
+                            attention_impl=impl), pe, train_image_size=16)
+      if impl == 'reference':
+        params = model.init(jax.random.PRNGKey(1), x)
+        head = params['params']['head']['kernel']  # zero-initialised: give it weights
+        params['params']['head']['kernel'] = head.replace_boxed(
+            jax.random.normal(jax.random.PRNGKey(2), head.value.shape))
+      feats[impl] = model.apply(params, x)[0]
+    np.testing.assert_allclose(feats['xla'], feats['reference'], atol=2e-5)
+
   def test_seqpe_per_layer_pe_qk_and_cls_position(self):
     model = _model()
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']

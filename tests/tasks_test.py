@@ -1,0 +1,114 @@
+"""Tests for seqpe_jax.tasks: loss composition, one encoder call, shifts, validation."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import absltest, parameterized
+
+from configs import smoke
+from seqpe_jax.errors import ConfigError
+from seqpe_jax.seqpe import SeqPEEncoder
+from seqpe_jax.tasks import Task
+
+
+def _task(kind='lm', **aux):
+  config = smoke.get_config('task=vit' if kind == 'vit' else None)
+  config.aux.update(aux)
+  task = Task(config, vocab_size=64) if kind == 'lm' else Task(config, num_classes=10, channels=3)
+  params = nn.meta.unbox(task.init(jax.random.PRNGKey(0)))
+  batch = jax.tree.map(jnp.asarray, task.dummy_batch(4))
+  if kind == 'lm':
+    batch['inputs'] = jnp.arange(64).reshape(4, 16) % 64
+    batch['targets'] = (batch['inputs'] + 1) % 64
+  return config, task, params, batch
+
+
+def _encoder_calls(fn):
+  calls = []
+
+  def count(next_fun, args, kwargs, context):
+    if isinstance(context.module, SeqPEEncoder) and context.method_name == '__call__':
+      calls.append(args[0].shape)
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(count):
+    jax.eval_shape(fn)
+  return calls
+
+
+class LossTest(chex.TestCase, parameterized.TestCase):
+
+  @parameterized.parameters('lm', 'vit')
+  def test_one_encoder_call_per_step(self, kind):
+    _, task, params, batch = _task(kind, shift_rate=0.0)
+    calls = _encoder_calls(lambda: task.loss_fn(params, batch, jax.random.PRNGKey(0), jnp.int32(0)))
+    a = task.aux
+    n_main = int(np.prod(task.train_grid))
+    n_aux = a.contrastive.num_pivots * (1 + a.contrastive.num_candidates) + (
+        a.ood.num_items * a.ood.num_points)
+    self.assertEqual(calls, [(n_main + n_aux, task.data_dim)])
+    # With random shifts each lax.cond branch makes its own single call.
+    _, task, params, batch = _task(kind)
+    calls = _encoder_calls(lambda: task.loss_fn(params, batch, jax.random.PRNGKey(0), jnp.int32(0)))
+    self.assertEqual(sorted(calls), sorted([(n_main + n_aux, task.data_dim),
+                                            (a.shift_sets * n_main + n_aux, task.data_dim)]))
+
+  def test_total_is_task_plus_weighted_regularisers(self):
+    _, task, params, batch = _task(contrastive_weight=0.3, ood_weight=0.7, shift_rate=0.0)
+    loss, m = task.loss_fn(params, batch, jax.random.PRNGKey(1), jnp.int32(5))
+    np.testing.assert_allclose(loss, m['task_loss'] + 0.3 * m['contrastive'] + 0.7 * m['ood'],
+                               rtol=1e-6)
+    self.assertGreater(float(m['contrastive']), 0.0)
+    self.assertGreater(float(m['ood']), 0.0)
+
+  def test_weight_warmup(self):
+    _, task, params, batch = _task(weight_warmup_steps=10, shift_rate=0.0)
+    loss, m = task.loss_fn(params, batch, jax.random.PRNGKey(1), jnp.int32(1))  # ramp 2/10
+    np.testing.assert_allclose(loss, m['task_loss'] + 0.2 * 0.1 * (m['contrastive'] + m['ood']),
+                               rtol=1e-6)
+
+  def test_shifted_steps_move_positions_and_skip_ood(self):
+    _, task, params, batch = _task(shift_rate=1.0)
+    # At init (pe_qk ~ N(0, 0.02)) the PE moves the loss by ~1e-8; amplify it to see the shift.
+    params['posenc']['pe_qk']['kernel'] = params['posenc']['pe_qk']['kernel'] * 300.0
+    loss, m = task.loss_fn(params, batch, jax.random.PRNGKey(2), jnp.int32(0))
+    self.assertEqual(float(m['shifted']), 1.0)
+    self.assertEqual(float(m['ood']), 0.0)
+    _, task0, _, _ = _task(shift_rate=0.0)
+    _, m0 = task0.loss_fn(params, batch, jax.random.PRNGKey(2), jnp.int32(0))
+    self.assertGreater(abs(float(m['task_loss']) - float(m0['task_loss'])), 1e-4)
+
+  def test_baselines_have_no_regularisers(self):
+    config = smoke.get_config()
+    config.pe.type = 'rope'
+    task = Task(config, vocab_size=64)
+    params = nn.meta.unbox(task.init(jax.random.PRNGKey(0)))
+    batch = jax.tree.map(jnp.asarray, task.dummy_batch(4))
+    loss, m = task.loss_fn(params, batch, jax.random.PRNGKey(0), jnp.int32(0))
+    self.assertEqual(float(loss), float(m['task_loss']))
+    self.assertNotIn('contrastive', m)
+    self.assertIsNone(task.shift_pool)
+
+  def test_validation(self):
+    config = smoke.get_config()
+    config.aux.max_position = 20000  # 4 digits hold < 10000
+    with pytest.raises(ConfigError, match=r'max_digits >= 5'):
+      Task(config, vocab_size=64)
+    config = smoke.get_config()
+    config.aux.shift_sets = 3
+    with pytest.raises(ConfigError, match='shift_sets=3 must divide'):
+      Task(config, vocab_size=64)
+    config = smoke.get_config()
+    config.model.num_heads = 3
+    with pytest.raises(ConfigError, match='not divisible by model.num_heads=3'):
+      Task(config, vocab_size=64)
+    config = smoke.get_config()
+    config.model.nonsense = 1
+    with pytest.raises(ConfigError, match='unknown model option'):
+      Task(config, vocab_size=64)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -46,6 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'async_checkpoint': True,  # write checkpoints in the background
       'eval_every': 0,           # validation ppl at the train length every N steps (0: off)
       'nonfinite': 'stop',       # stop | skip: what a NaN/Inf loss or gradient does
+      'debug_nan': '',           # test only: 'term@step,...' makes a term NaN at a step
+                                 # (term: task | contrastive | ood | grads)
   })
   c.optim = common.optim_config(lr=2e-3, warmup_steps=50, b2=0.99)
 

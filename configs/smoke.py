@@ -2,11 +2,13 @@
 
 import ml_collections
 
-from configs import lm_wikitext2, vit_cifar10
+from configs import common, lm_wikitext2, vit_cifar10
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  task = (arg or 'lm').replace('task=', '')
+  task = common.parse_arg(arg, task='lm').task  # 'vit', 'task=vit'; unknown keys raise
+  if task not in ('lm', 'vit'):
+    raise ValueError(f'unknown smoke task {task!r}; use lm or vit')
   if task == 'vit':
     c = vit_cifar10.get_config()
     c.model.update(num_layers=1, width=32, num_heads=2)

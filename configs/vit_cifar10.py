@@ -52,7 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'keep_checkpoints': 2,
       'async_checkpoint': True,
       'eval_every': 0,
-      'nonfinite': 'stop',
+      'nonfinite': 'stop',       # stop | skip: what a NaN/Inf loss or gradient does
+      'debug_nan': '',           # test only: 'term@step,...' makes a term NaN at a step
+                                 # (term: task | contrastive | ood | grads)
   })
   c.optim = common.optim_config(lr=1e-3, warmup_steps=100, weight_decay=0.05, b2=0.999,
                                 clip_norm=5.0, pe_clip_norm=5.0, min_lr_ratio=0.01)

@@ -66,7 +66,9 @@ class MetricWriter:
     if self._bar is not None:
       shown = {k: row[k] for k in ('loss', 'contrastive', 'ood', 'accuracy', 'tokens_per_sec',
                                    'images_per_sec') if k in row}
-      self._bar.set_postfix({k: f'{v:.4g}' for k, v in shown.items()}, refresh=False)
+      # Non-finite values are logged as strings ('nan'), e.g. a step skipped by the NaN guard.
+      self._bar.set_postfix({k: f'{v:.4g}' if isinstance(v, (int, float)) else str(v)
+                             for k, v in shown.items()}, refresh=False)
 
   def advance(self, n: int = 1) -> None:
     if self._bar is not None:

@@ -30,6 +30,10 @@ from seqpe_jax.positions import capacity, digits_needed, grid
 from seqpe_jax.vit import ViT, ViTConfig, patch_grid
 
 
+# Terms `train.debug_nan` can poison (test-only fault injection).
+DEBUG_NAN_TERMS = ('task', 'contrastive', 'ood', 'grads')
+
+
 def _dataclass_from(cls, cfg: ml_collections.ConfigDict, **extra):
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(cfg.keys()) - names)
@@ -81,6 +85,7 @@ class Task:
     else:
       raise ConfigError(f'unknown task {self.kind!r}; use lm or vit')
     self.aux = self._aux_settings(config.aux)
+    self.debug_nan = self._debug_nan(config.train)
     self.shift_pool = None
     if self.aux.shift_rate > 0:
       self.shift_pool = jnp.asarray(samplers.make_shift_pool(
@@ -93,6 +98,13 @@ class Task:
     k = self.pe.max_digits
     p = int(a.max_position)
     if seqpe:
+      train_largest = max(self.train_grid) - 1
+      if train_largest >= capacity(k):
+        what = (f'train.seq_len={self.train_grid[0]}' if self.kind == 'lm' else
+                f'train.image_size={self.config.train.image_size} (patch grid {self.train_grid})')
+        raise ConfigError(f'{what} needs position {train_largest}, beyond the SeqPE digit '
+                          f'capacity [0, {capacity(k)}) of max_digits={k}; set '
+                          f'pe.seqpe.max_digits >= {digits_needed(train_largest)}')
       largest = max(p, max(self.train_grid)) - 1
       if largest >= capacity(k):
         raise ConfigError(f'aux.max_position={p} needs positions up to {largest}, beyond the '
@@ -118,6 +130,31 @@ class Task:
     return AuxSettings(ct, ood, float(a.contrastive_weight), float(a.ood_weight),
                        int(a.weight_warmup_steps), heads, float(a.ood_beta), p, shift_rate,
                        int(a.shift_sets))
+
+  def _debug_nan(self, t: ml_collections.ConfigDict) -> dict[int, str]:
+    """Test-only fault injection: `train.debug_nan='term@step,...'` → {step: term}."""
+    out: dict[int, str] = {}
+    for item in filter(None, (x.strip() for x in str(t.get('debug_nan', '') or '').split(','))):
+      term, _, step = item.partition('@')
+      if term not in DEBUG_NAN_TERMS or not step.isdigit() or int(step) < 1:
+        raise ConfigError(f"train.debug_nan items are 'term@step' with term in "
+                          f"{', '.join(DEBUG_NAN_TERMS)} and step >= 1; got {item!r}")
+      if (term == 'contrastive' and self.aux.contrastive is None) or (
+          term == 'ood' and self.aux.ood is None):
+        raise ConfigError(f'train.debug_nan poisons {term}, but that loss term is off '
+                          '(pe.type is not seqpe or its aux weight is 0)')
+      out[int(step)] = term
+    return out
+
+  def _inject_nan(self, name: str, x: jax.Array, step: jax.Array) -> jax.Array:
+    """`x`, or NaN (with NaN gradients) at the steps `train.debug_nan` names for it."""
+    steps = [s for s, term in self.debug_nan.items() if term == name]
+    if not steps:
+      return x  # the traced step is unchanged unless injection is on
+    poison = jnp.isin(step + 1, jnp.asarray(steps))  # `step` counts finished updates
+    if name == 'grads':
+      return _nan_grads(x, poison)
+    return x * jnp.where(poison, jnp.nan, 1.0)  # multiplicative: NaN gradients too
 
   @property
   def default_positions(self) -> jax.Array:
@@ -209,27 +246,52 @@ class Task:
 
     logits = self.logits(params, batch, pe, deterministic=False, rng=k_model)
     task, extra = self.task_loss(logits, batch)
+    task = self._inject_nan('task', task, step)
     metrics = {'task_loss': task, 'shifted': shifted.astype(jnp.float32), **extra}
     total = task
     ramp = 1.0
     if a.warmup_steps > 0:
       ramp = jnp.minimum(1.0, (step + 1).astype(jnp.float32) / a.warmup_steps)
+    aux_e = None
+    if pe.aux_embed is not None:  # small: replicate it for the losses (one all-gather)
+      aux_e = nn.with_logical_constraint(pe.aux_embed, (None, None))
     if a.contrastive is not None:
       b, k = pivots_Bxd.shape[0], cands_BxKxd.shape[1]
-      e = pe.aux_embed
+      e = aux_e
       ct = losses.contrastive_loss(e[:b], e[b:n_ct].reshape(b, k, -1), labels_B)
+      ct = self._inject_nan('contrastive', ct, step)
       metrics['contrastive'] = ct
       total = total + ramp * a.contrastive_weight * ct
     if a.ood is not None:
       bt, n = teacher_idx_Bxn.shape
-      student_BxnxD = pe.aux_embed[n_ct:].reshape(bt, n, -1)
+      student_BxnxD = aux_e[n_ct:].reshape(bt, n, -1)
       teacher_BxnxD = pe.main_embed[0][teacher_idx_Bxn]  # default positions' embeddings
       ood = losses.ood_distillation_loss(teacher_BxnxD, student_BxnxD, a.ood_heads, a.ood_beta)
       ood = jnp.where(shifted, 0.0, ood)  # only on default-position steps (official)
+      ood = self._inject_nan('ood', ood, step)
       metrics['ood'] = ood
       total = total + ramp * a.ood_weight * ood
+    total = self._inject_nan('grads', total, step)
     metrics['loss'] = total
     return total, metrics
+
+
+@jax.custom_vjp
+def _nan_grads(x: jax.Array, poison: jax.Array) -> jax.Array:
+  """Identity whose gradient is NaN where `poison` (finite loss, NaN gradients)."""
+  del poison
+  return x
+
+
+def _nan_grads_fwd(x, poison):
+  return x, poison
+
+
+def _nan_grads_bwd(poison, g):
+  return jnp.where(poison, jnp.nan, g), None
+
+
+_nan_grads.defvjp(_nan_grads_fwd, _nan_grads_bwd)
 
 
 def _broadcast_sets(out: PEOutput, n: int) -> PEOutput:

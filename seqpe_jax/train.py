@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -23,25 +24,15 @@ import optax
 from flax.training import train_state
 
 from seqpe_jax import checkpoint, evaluate, optim, sharding
-from seqpe_jax.errors import ConfigError, UserError
+from seqpe_jax.errors import (NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, CheckpointError,
+                              ConfigError, NonFiniteError, Preempted, UserError)
 from seqpe_jax.metrics import MetricWriter
 from seqpe_jax.tasks import Task, count_params
 
-PREEMPTED_EXIT_CODE = 75   # EX_TEMPFAIL: checkpointed on SIGTERM/preemption; rerun to resume
-NONFINITE_EXIT_CODE = 3    # a NaN/Inf loss or gradient stopped the run
 TERMS = ('task_loss', 'contrastive', 'ood')
-
-
-class Preempted(Exception):
-  """Raised after a preemption checkpoint was written."""
-
-  exit_code = PREEMPTED_EXIT_CODE
-
-
-class NonFiniteError(Exception):
-  """A NaN/Inf loss term or gradient (the state keeps the last finite values)."""
-
-  exit_code = NONFINITE_EXIT_CODE
+# How the NaN guard names each term in its one-line report.
+TERM_NAMES = {'task_loss': 'task loss', 'contrastive': 'contrastive loss',
+              'ood': 'OOD distillation loss', 'gradients': 'gradients'}
 
 
 # ---------------------------------------------------------------------------- state
@@ -123,26 +114,48 @@ def jit_train_step(step_fn: Callable, state_shardings, batch: dict, mesh) -> Cal
 # ---------------------------------------------------------------------------- loop
 
 class _SignalFlag:
-  """Turns SIGTERM (preemption notice) into a flag checked between steps."""
+  """Turns SIGTERM / SIGINT into a flag that the training loop checks between steps.
 
-  def __init__(self):
+  With `immediate` (words saying what was interrupted) the first signal raises
+  `Preempted` at once instead, for phases with nothing to checkpoint (loading
+  data, evaluating). While a checkpoint is pending a second SIGTERM is ignored
+  (the write completes) and a second SIGINT aborts (`KeyboardInterrupt`).
+  Handlers are installed from the main thread only and restored on exit, so
+  flags nest.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, immediate: str | None = None):
+    self.immediate = immediate
     self.raised = False
-    self._old = None
+    self.name = ''
+    self._old: dict[int, Any] = {}
 
-  def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. inside a test runner thread)
-      self._old = None
+  def __enter__(self) -> '_SignalFlag':
+    for sig in self.SIGNALS:
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. inside a test runner thread)
+        pass
     return self
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
+  def _handle(self, signum, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.raised:
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      return
+    self.raised, self.name = True, name
+    if self.immediate is not None:
+      raise Preempted(f'preempted ({name}) {self.immediate}')
+    print(f'\n{name} received: checkpointing after the current step, then exiting', flush=True)
 
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+  def __exit__(self, *exc) -> None:
+    for sig, old in self._old.items():
+      signal.signal(sig, old if old is not None else signal.SIG_DFL)
+    self._old = {}
 
 
 def _bad_terms(m: dict) -> list[str]:
@@ -150,6 +163,13 @@ def _bad_terms(m: dict) -> list[str]:
   if m.get('finite_grads', 1.0) < 1.0:
     bad.append('gradients')
   return bad
+
+
+def _describe_bad(bad: list[str]) -> str:
+  terms = [TERM_NAMES[b] for b in bad if b != 'gradients']
+  if not terms:
+    return 'gradients (all loss terms finite)'
+  return ' and '.join(terms) + (' (and gradients)' if 'gradients' in bad else '')
 
 
 @dataclasses.dataclass
@@ -166,12 +186,36 @@ class Run:
 
 
 def train(run: Run) -> tuple[train_state.TrainState, int]:
-  """Trains to `train.steps` (resuming from the workdir); returns (state, step)."""
+  """Trains to `train.steps` (resuming from the workdir); returns (state, step).
+
+  Stops with `Preempted` (SIGTERM/SIGINT/preemption notice: checkpoint at the
+  current step), `NonFiniteError` (nothing saved for the bad step) or
+  `CheckpointWriteError`; in every case the pending checkpoint write is
+  completed (or reported) and the newest complete checkpoint stays intact.
+  """
+  t = run.config.train
+  total = int(t.steps)
+  with _SignalFlag() as signals:  # from here on a signal means "checkpoint, then exit"
+    ckpt = checkpoint.Checkpointer(run.workdir, every=int(t.checkpoint_every),
+                                   keep=int(t.keep_checkpoints),
+                                   async_save=bool(t.async_checkpoint))
+    try:
+      state, writer = _train_loop(run, ckpt, signals, total)
+    except BaseException:
+      ckpt.close_quietly()  # lets an in-flight write finish: it is a complete checkpoint
+      raise
+    writer.close()
+    ckpt.close()  # waits for the final write; CheckpointWriteError if it failed
+    if signals.raised:  # arrived after the last step, whose checkpoint is now complete
+      raise Preempted(f'preempted ({signals.name}) after the last step: the final checkpoint '
+                      f'(step {total}) is complete; rerun the same command to evaluate')
+  return state, total
+
+
+def _train_loop(run: Run, ckpt: checkpoint.Checkpointer, signals: _SignalFlag, total: int
+                ) -> tuple[train_state.TrainState, MetricWriter]:
   cfg, task, mesh = run.config, run.task, run.mesh
   t = cfg.train
-  total = int(t.steps)
-  ckpt = checkpoint.Checkpointer(run.workdir, every=int(t.checkpoint_every),
-                                 keep=int(t.keep_checkpoints), async_save=bool(t.async_checkpoint))
   base_rng = jax.random.PRNGKey(int(cfg.seed))
   state, shardings = create_train_state(task, run.tx, mesh, jax.random.fold_in(base_rng, 1))
   train_iter = run.data.train_iter
@@ -195,6 +239,11 @@ def train(run: Run) -> tuple[train_state.TrainState, int]:
   window: dict[str, float] = {}
   n_window, t_window = 0, time.time()
 
+  def last_checkpoint() -> str:
+    last = ckpt.latest_step()
+    return ('no checkpoint was written yet' if last is None else
+            f'the last checkpoint (step {last}) is untouched')
+
   def drain(pending_) -> None:
     """Pulls step metrics to the host: NaN check, windowed logging."""
     nonlocal window, n_window, t_window
@@ -202,11 +251,12 @@ def train(run: Run) -> tuple[train_state.TrainState, int]:
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     bad = _bad_terms(m)
     if bad:
-      msg = (f'non-finite {", ".join(bad)} at step {step_}; parameters kept at step '
-             f'{step_ - 1}, last checkpoint: step {ckpt.latest_step()}')
+      msg = f'non-finite {_describe_bad(bad)} at step {step_}'
       if not skip:
-        raise NonFiniteError(msg + ' (set train.nonfinite=skip to skip such steps)')
-      print(f'warning: {msg}; skipping the update', flush=True)
+        raise NonFiniteError(f'{msg}; stopped without saving that step, {last_checkpoint()}; '
+                             'lower optim.lr, or set train.nonfinite=skip to skip such steps')
+      print(f'warning: {msg}; its update was skipped (train.nonfinite=skip)', file=sys.stderr,
+            flush=True)
     for k, v in m.items():
       window[k] = window.get(k, 0.0) + v
     n_window += 1
@@ -219,30 +269,37 @@ def train(run: Run) -> tuple[train_state.TrainState, int]:
       window, n_window, t_window = {}, 0, time.time()
 
   try:
-    with _SignalFlag() as sigterm, jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       for step in range(start, total):
-        batch = sharding.global_batch(next(train_iter), mesh)
+        try:
+          local = next(train_iter)
+        except UserError as e:  # e.g. an undecodable image met mid-epoch
+          raise type(e)(f'{str(e).splitlines()[0]} (reading the batch of step {step + 1}; '
+                        f'{last_checkpoint()})') from None
+        batch = sharding.global_batch(local, mesh)
         state, metrics = step_fn(state, batch, base_rng)  # async dispatch
         if pending is not None:
           drain(pending)
         pending = (step + 1, metrics)
         writer.advance()
-        preempt = sigterm.raised or ckpt.reached_preemption(step + 1)
+        preempt = signals.raised or ckpt.reached_preemption(step + 1)
         if preempt or ckpt.manager.should_save(step + 1) or step + 1 == total:
           drain(pending)  # never checkpoint a step before its NaN check
           pending = None
+          # The iterator has yielded exactly the batches of steps 1..step+1, so its saved
+          # position is where the resumed run continues (the PRNG is folded by step).
           ckpt.save(step + 1, state, train_iter, force=preempt or step + 1 == total)
         if preempt:
-          ckpt.wait()
-          raise Preempted(f'preempted: checkpoint written at step {step + 1} in '
-                          f'{ckpt.directory}; rerun the same command to resume')
+          ckpt.wait()  # the preemption checkpoint is committed before we exit
+          raise Preempted(f'preempted ({signals.name or "preemption notice"}): checkpoint '
+                          f'written at step {step + 1} in {ckpt.directory}; rerun the same '
+                          'command to resume')
       if pending is not None:
         drain(pending)
-  finally:
+  except BaseException:
     writer.close()
-    ckpt.wait()
-    ckpt.close()
-  return state, total
+    raise
+  return state, writer
 
 
 def evaluate_run(run: Run, params: Any) -> dict:
@@ -258,19 +315,23 @@ def evaluate_run(run: Run, params: Any) -> dict:
 
 
 def restore_params(run: Run) -> tuple[Any, int]:
-  """The params of the newest checkpoint in the workdir (for evaluation alone)."""
-  ckpt = checkpoint.Checkpointer(run.workdir, every=1, keep=1000, async_save=False)
-  if ckpt.latest_step() is None:
-    ckpt.close()
-    raise UserError(f'no checkpoint in {ckpt.directory}; train first (--mode=train)')
-  with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
-    state, shardings = create_train_state(run.task, run.tx, run.mesh, jax.random.PRNGKey(0))
-    restored = ckpt.restore(abstract_state(state, shardings), None)
-  ckpt.close()
+  """The params of the newest usable checkpoint in the workdir (for evaluation alone)."""
+  if not checkpoint.has_checkpoint(run.workdir):
+    raise CheckpointError(f'no checkpoint in {run.workdir / "checkpoints"}; train first '
+                          '(--mode=train)')
+  ckpt = checkpoint.Checkpointer(run.workdir, every=1, keep=1 << 30, async_save=False,
+                                 create=False)
+  try:
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+      state, shardings = create_train_state(run.task, run.tx, run.mesh, jax.random.PRNGKey(0))
+      restored = ckpt.restore(abstract_state(state, shardings), None)
+  finally:
+    ckpt.close_quietly()
   if restored is None:
-    raise UserError(f'no readable checkpoint in {ckpt.directory}')
+    raise CheckpointError(f'no checkpoint in {ckpt.directory}; train first (--mode=train)')
   return restored[0].params, restored[1]
 
 
 __all__ = ['create_train_state', 'make_train_step', 'jit_train_step', 'train', 'evaluate_run',
-           'restore_params', 'Run', 'Preempted', 'NonFiniteError', 'ConfigError']
+           'restore_params', 'Run', 'Preempted', 'NonFiniteError', 'ConfigError',
+           'PREEMPTED_EXIT_CODE', 'NONFINITE_EXIT_CODE']

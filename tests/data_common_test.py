@@ -151,6 +151,33 @@ class ShardTest(parameterized.TestCase):
       common.shard_for_process(grain.MapDataset.range(4), 2, 2)
 
 
+class ProcessRowsTest(parameterized.TestCase):
+
+  @parameterized.parameters(2, 4)
+  def test_global_batches_do_not_depend_on_the_process_count(self, count):
+    ds = grain.MapDataset.range(40).shuffle(seed=3).repeat()
+    single = iter(ds.batch(8).to_iter_dataset())
+    local = 8 // count
+    iters = [iter(common.process_rows(ds, local, i, count).batch(local).to_iter_dataset())
+             for i in range(count)]
+    for _ in range(6):
+      want = next(single)
+      got = np.concatenate([next(it) for it in iters])
+      np.testing.assert_array_equal(got, want)
+
+  def test_seek_resumes_by_step(self):
+    ds = grain.MapDataset.range(30).shuffle(seed=0).repeat().batch(3)
+    it = iter(ds.to_iter_dataset())
+    batches = [next(it) for _ in range(5)]
+    fresh = iter(ds.to_iter_dataset())
+    common.seek(fresh, 3)
+    np.testing.assert_array_equal(next(fresh), batches[3])
+
+  def test_bad_rows(self):
+    with self.assertRaisesRegex(ValueError, 'bad process rows'):
+      common.ProcessRows(grain.MapDataset.range(8), 6, 0, 4)
+
+
 class RealDataDirTest(absltest.TestCase):
 
   def test_real_data_dir_resolves_with_corpora(self):

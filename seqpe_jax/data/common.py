@@ -189,6 +189,63 @@ def shard_for_process(dataset: grain.MapDataset, index: int, count: int) -> grai
   return dataset if count == 1 else dataset[index::count]
 
 
+class ProcessRows(grain.MapDataset):
+  """This process's rows of every global batch: element k of process i is
+  `parent[b * global_batch + i * local + j]` with `(b, j) = divmod(k, local)`.
+
+  Unlike `shard_for_process`, the global batches are the same for any process
+  count (each host reads only its contiguous block of rows), so a run can resume
+  on a different number of hosts and still see exactly the same data.
+  """
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+    super().__init__(parent)
+    if count < 1 or not 0 <= index < count or global_batch % count:
+      raise ValueError(f'bad process rows: global batch {global_batch}, process {index}/{count}')
+    self._global = global_batch
+    self._local = global_batch // count
+    self._offset = index * self._local
+    self._length = (len(parent) // global_batch) * self._local
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, k: int) -> int:
+    b, j = divmod(k, self._local)
+    return b * self._global + self._offset + j
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def _getitems(self, indices):
+    return self._parent._getitems([self._parent_index(k) for k in indices])  # pylint: disable=protected-access
+
+  def __str__(self) -> str:
+    return f'ProcessRows(global_batch={self._global}, rows={self._offset}+{self._local})'
+
+
+def process_rows(dataset: grain.MapDataset, local_batch: int, index: int,
+                 count: int) -> grain.MapDataset:
+  """`ProcessRows` for a per-process batch of `local_batch` rows (identity for one process)."""
+  return dataset if count == 1 else ProcessRows(dataset, local_batch * count, index, count)
+
+
+def seek(iterator: grain.DatasetIterator, batches: int) -> None:
+  """Positions a (batched, in-process) iterator after `batches` batches.
+
+  The data order depends only on (seed, global step), so this resumes a run whose
+  saved iterator state cannot be used (e.g. a different host count).
+  """
+  state = iterator.get_state()
+  if not isinstance(state, dict) or 'next_index' not in state:
+    raise ValueError('cannot seek this iterator (use num_workers=0 to resume on a new topology)')
+  iterator.set_state({**state, 'next_index': batches})
+
+
 def to_iterator(dataset: grain.MapDataset, num_workers: int = 0) -> grain.DatasetIterator:
   """Iterates `dataset`, prefetching in `num_workers` processes when > 0.
 

@@ -305,17 +305,20 @@ def lm_train_iter(stream: np.ndarray, *, seq_len: int, batch_size: int, seed: in
                   num_workers: int = 0) -> grain.DatasetIterator:
   """Endless shuffled per-process batches {'inputs','targets': int32 [B, L]}.
 
-  The iterator's `get_state()`/`set_state()` resume the exact data position.
+  `batch_size` is per process; process i gets rows `[i*B, (i+1)*B)` of each global
+  batch. The iterator's `get_state()`/`set_state()` resume the exact data position.
   """
   _check_batch_size(batch_size)
   ds = grain.MapDataset.source(LMSource(stream, seq_len))
-  ds = common.shard_for_process(ds, process_index, process_count)
-  if batch_size > len(ds):
-    raise DataError(f'per-process batch size {batch_size} exceeds the {len(ds)} training '
-                    f'windows of {seq_len + 1} tokens this process has; lower the batch '
-                    'size or seq_len, or add data')
-  ds = ds.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
-  return common.to_iterator(ds, num_workers)
+  if batch_size * process_count > len(ds):
+    raise DataError(f'batch size {batch_size * process_count} exceeds the {len(ds)} training '
+                    f'windows of {seq_len + 1} tokens; lower the batch size or seq_len, or '
+                    'add data')
+  # Global order first, then this process's rows of each global batch: the global batches
+  # do not depend on the number of processes.
+  ds = common.process_rows(ds.shuffle(seed=seed).repeat(), batch_size, process_index,
+                           process_count)
+  return common.to_iterator(ds.batch(batch_size, drop_remainder=True), num_workers)
 
 
 # ----------------------------------------------------------------------------

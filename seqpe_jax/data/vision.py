@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import grain
 import ml_collections
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from seqpe_jax.data import common
 from seqpe_jax.errors import ConfigError, DataError
@@ -91,6 +91,8 @@ def _decode_image(data: bytes, what: str) -> np.ndarray:
   try:
     with Image.open(io.BytesIO(data)) as img:
       return np.asarray(img.convert('RGB'))
+  except UnidentifiedImageError as e:  # its message names a BytesIO object, not the file
+    raise DataError(f'cannot decode image {what}: not an image file Pillow can read') from e
   except Exception as e:  # pylint: disable=broad-except  # Pillow raises many types.
     raise DataError(f'cannot decode image {what}: {common.one_line(e)}') from e
 
@@ -304,13 +306,15 @@ def image_train_iter(source, *, image_size: int, batch_size: int, seed: int, aug
   transform = _preprocess(source, image_size, augment, flip)
   if batch_size < 1:
     raise ConfigError(f'batch_size must be positive, got {batch_size}')
-  ds = common.shard_for_process(grain.MapDataset.source(source), process_index, process_count)
-  if batch_size > len(ds):
-    raise DataError(f'per-process batch size {batch_size} exceeds the {len(ds)} training '
-                    f'images this process has')
+  ds = grain.MapDataset.source(source)
+  if batch_size * process_count > len(ds):
+    raise DataError(f'batch size {batch_size * process_count} exceeds the {len(ds)} training '
+                    'images')
+  # Global order and augmentation seeds first; then this process's rows of each global
+  # batch (lazy: only those records are decoded), so batches do not depend on host count.
   ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  return common.to_iterator(ds, num_workers)
+  ds = common.process_rows(ds, batch_size, process_index, process_count)
+  return common.to_iterator(ds.batch(batch_size, drop_remainder=True), num_workers)
 
 
 def image_eval_batches(source, *, image_size: int, batch_size: int,

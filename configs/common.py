@@ -94,6 +94,7 @@ def optim_config(**overrides: Any) -> ml_collections.ConfigDict:
       'warmup_steps': 50,      # linear warm-up from 0
       'schedule': 'cosine',    # cosine | linear | constant (after warm-up)
       'min_lr_ratio': 0.1,     # final LR as a fraction of the peak
+      'decay_steps': 0,        # schedule length (0: train.steps); fix it to extend a run later
       'weight_decay': 0.0,     # backbone AdamW decay (never on norms, biases, embeddings)
       'pe_weight_decay': 0.0,  # SeqPE encoder decay
       'b1': 0.9,

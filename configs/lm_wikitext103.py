@@ -11,7 +11,7 @@ clipping of the encoder, evaluated at 1x..32x the training length
 Single host, 4-8 GPUs:
   python -m seqpe_jax.main --config=configs/lm_wikitext103.py --workdir=$WORKDIR
 TPU pod (all workers):
-  bash launch/tpu_pod.sh $TPU_NAME $ZONE --config=configs/lm_wikitext103.py --workdir=gs://bucket/wt103
+  bash launch/tpu_pod.sh $TPU_NAME $ZONE --config=configs/lm_wikitext103.py --workdir=/mnt/shared/wt103
 SLURM GPU cluster:
   sbatch launch/gpu_slurm.sbatch --config=configs/lm_wikitext103.py --workdir=$WORKDIR
 Baselines: `:pe=rope`, `:pe=alibi`, `:pe=learned`, `:pe=sinusoidal`, `:pe=nope`.

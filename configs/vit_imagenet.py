@@ -10,7 +10,7 @@ implemented (crop + flip + label smoothing only): expect lower absolute top-1.
 
   python -m seqpe_jax.main --config=configs/vit_imagenet.py --workdir=$WORKDIR
   python -m seqpe_jax.main --config=configs/vit_imagenet.py:variant=B/16 --workdir=$WORKDIR
-  bash launch/tpu_pod.sh $TPU_NAME $ZONE --config=configs/vit_imagenet.py --workdir=gs://bucket/vit
+  bash launch/tpu_pod.sh $TPU_NAME $ZONE --config=configs/vit_imagenet.py --workdir=/mnt/shared/vit
 Baselines: `:pe=learned` (bicubic interpolation), `:pe=sincos2d`, `:pe=rope2d`, `:pe=rope_mixed`.
 """
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Start the same training command on every worker of a Cloud TPU VM pod slice.
 #
-#   bash launch/tpu_pod.sh TPU_NAME ZONE --config=configs/lm_wikitext103.py --workdir=gs://BUCKET/wt103
+#   bash launch/tpu_pod.sh TPU_NAME ZONE --config=configs/lm_wikitext103.py --workdir=/mnt/shared/wt103
 #
 # Steps: copy this checkout to every worker, install requirements + jax[tpu] once (set
 # SETUP=0 to skip), then run `python -m seqpe_jax.main --distributed ...` on all workers at
 # once. jax.distributed.initialize() discovers the pod topology by itself; each host reads its
 # rows of every global batch; process 0 writes logs; orbax writes checkpoints collectively
-# (use a gs:// workdir so every host sees it). Preemption (SIGTERM / the TPU maintenance
+# (the workdir must be one directory every host sees: a Filestore/NFS mount or a gcsfuse-mounted
+# bucket; gs:// URLs are not supported). Preemption (SIGTERM / the TPU maintenance
 # event) checkpoints and exits with code 75: rerun the same command to resume.
 # Create the slice first, e.g.:
 #   gcloud compute tpus tpu-vm create TPU_NAME --zone=ZONE --accelerator-type=v4-32 \

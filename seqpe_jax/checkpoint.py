@@ -38,6 +38,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from seqpe_jax.data import common as data_common
 from seqpe_jax.errors import CheckpointError, CheckpointWriteError, one_line
 
 # Config fields that must match to resume (others, e.g. steps or LR, may change).
@@ -228,7 +229,11 @@ class Checkpointer:
           misfit.append((s, mismatch))
           continue
         items = {'state': ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
+        # The iterator state is per process; saved with another process count it does not
+        # apply, but the data order depends only on (seed, step): seek to the step instead.
+        same_topology = (self.directory / str(s) / 'data' /
+                         f'process_{jax.process_index()}-of-{jax.process_count()}.json').exists()
+        if data_iter is not None and same_topology:
           items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
           restored = self.manager.restore(s, args=ocp.args.Composite(**items))
@@ -245,6 +250,11 @@ class Checkpointer:
               f'instead (moved it to {moved})', file=sys.stderr, flush=True)
       if corrupt:
         self.manager.reload()
+      if data_iter is not None and not same_topology:
+        data_common.seek(data_iter, s)
+        if jax.process_index() == 0:
+          print(f'note: checkpoint {s} was saved with another process count; data resumes '
+                f'at global batch {s} (same order)', flush=True)
       return restored['state'], s
     if misfit and not corrupt:
       s, why = misfit[0]

@@ -177,9 +177,9 @@ def main(argv) -> None:
         raise UserError('--config is required, e.g. --config=configs/lm_wikitext2.py')
       if not workdir:
         raise UserError('--workdir is required, e.g. --workdir=runs/wt2')
-      if _DISTRIBUTED.value:
-        import jax
-        jax.distributed.initialize()
+      if _DISTRIBUTED.value:  # before any other JAX call
+        from seqpe_jax import distributed
+        distributed.initialize()
       validate_config_early(config)
       run = build_run(config, workdir, _MODE.value)
       run.workdir.mkdir(parents=True, exist_ok=True)

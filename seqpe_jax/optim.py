@@ -80,7 +80,11 @@ def _adamw(cfg, lr: optax.Schedule, weight_decay: float, clip: float) -> optax.G
 
 def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
                     ) -> tuple[optax.GradientTransformation, Callable[[int], jax.Array]]:
-  """Returns `(tx, lr_fn)`: the two-group optimizer and the backbone LR schedule."""
+  """Returns `(tx, lr_fn)`: the two-group optimizer and the backbone LR schedule.
+
+  The schedule spans `cfg.decay_steps` steps, or `total_steps` if that is 0.
+  """
+  total_steps = int(cfg.get('decay_steps', 0) or total_steps)
   if cfg.lr <= 0:
     raise ConfigError(f'optim.lr must be positive, got {cfg.lr}')
   lr = schedule(cfg, float(cfg.lr), total_steps)

@@ -61,8 +61,9 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
                         f'devices ({known} does not divide {num_devices})')
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
+    have = 'is 1 device' if num_devices == 1 else f'are {num_devices} devices'
     raise ConfigError(f'mesh axes {dict(zip(MESH_AXES, sizes))} multiply to {math.prod(sizes)}, '
-                      f'but there are {num_devices} devices')
+                      f'but there {have}')
   return tuple(sizes)  # type: ignore[return-value]
 
 

@@ -104,7 +104,7 @@ CASES = (
     Case('eval_without_checkpoint', (SMOKE, '--mode=eval'), 'no checkpoint in '),
     Case('workdir_is_a_file', (SMOKE,), 'exists and is not a directory', workdir='file'),
     Case('mesh_axes_not_matching_devices', (SMOKE, '--config.mesh.data=3'),
-         "mesh axes {{'data': 3, 'fsdp': 1, 'tensor': 1}} multiply to 3, but there are 1"),
+         "mesh axes {{'data': 3, 'fsdp': 1, 'tensor': 1}} multiply to 3, but there is 1 device"),
     Case('mesh_more_devices_than_present', (SMOKE, '--config.mesh.num_devices=4'),
          'mesh.num_devices=4 needs a single host with at least 4 devices'),
     Case('negative_steps', (SMOKE, '--config.train.steps=-1'),

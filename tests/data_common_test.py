@@ -136,22 +136,15 @@ class CacheTest(CommonTestBase):
     self.assertOneLineDataError(lambda: common.fingerprint([self.tmp / 'gone']), 'gone')
 
 
-class ShardTest(parameterized.TestCase):
-
-  @parameterized.parameters(1, 2, 3)
-  def test_disjoint_and_complete(self, count):
-    ds = grain.MapDataset.range(10)
-    shards = [list(common.shard_for_process(ds, i, count)) for i in range(count)]
-    flat = [x for s in shards for x in s]
-    self.assertCountEqual(flat, range(10))
-    self.assertEqual(shards[0], list(range(0, 10, count)))
-
-  def test_bad_index(self):
-    with self.assertRaises(ValueError):
-      common.shard_for_process(grain.MapDataset.range(4), 2, 2)
-
-
 class ProcessRowsTest(parameterized.TestCase):
+
+  @parameterized.parameters(1, 2, 4)
+  def test_processes_read_disjoint_rows_covering_each_global_batch(self, count):
+    ds = grain.MapDataset.range(16)
+    rows = [list(common.process_rows(ds, 4 // count if count > 1 else 4, i, count))
+            for i in range(count)]
+    flat = [x for r in rows for x in r]
+    self.assertCountEqual(flat, range(16))
 
   @parameterized.parameters(2, 4)
   def test_global_batches_do_not_depend_on_the_process_count(self, count):

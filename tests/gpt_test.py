@@ -58,12 +58,11 @@ class FusedAttentionTest(chex.TestCase, parameterized.TestCase):
   def test_fused_equals_reference(self, pe):
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, L), 0, V)
     pe_cfg = PEConfig(**{'width': 16, 'heads': 2, 'max_digits': 3, 'dropout': 0.0, **pe})
-    logits = {}
-    for impl in ('reference', 'xla'):
-      model = GPT(GPTConfig(vocab_size=V, num_layers=2, width=32, num_heads=4,
-                            attention_impl=impl), pe_cfg, train_len=L)
-      params = model.init(jax.random.PRNGKey(1), tokens) if impl == 'reference' else params
-      logits[impl] = model.apply(params, tokens)[0]
+    models = {impl: GPT(GPTConfig(vocab_size=V, num_layers=2, width=32, num_heads=4,
+                                  attention_impl=impl), pe_cfg, train_len=L)
+              for impl in ('reference', 'xla')}
+    params = models['reference'].init(jax.random.PRNGKey(1), tokens)
+    logits = {impl: m.apply(params, tokens)[0] for impl, m in models.items()}
     np.testing.assert_allclose(logits['xla'], logits['reference'], atol=2e-5)
 
 

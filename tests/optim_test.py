@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from absl.testing import absltest
 

@@ -182,20 +182,13 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 # ----------------------------------------------------------------------------
 
 
-def shard_for_process(dataset: grain.MapDataset, index: int, count: int) -> grain.MapDataset:
-  """The records this process reads: `dataset[index::count]` (disjoint across hosts)."""
-  if count < 1 or not 0 <= index < count:
-    raise ValueError(f'bad process index/count {index}/{count}')
-  return dataset if count == 1 else dataset[index::count]
-
-
 class ProcessRows(grain.MapDataset):
   """This process's rows of every global batch: element k of process i is
   `parent[b * global_batch + i * local + j]` with `(b, j) = divmod(k, local)`.
 
-  Unlike `shard_for_process`, the global batches are the same for any process
-  count (each host reads only its contiguous block of rows), so a run can resume
-  on a different number of hosts and still see exactly the same data.
+  The global batches are the same for any process count (each host reads only its
+  contiguous block of rows), so a run can resume on a different number of hosts and
+  still see exactly the same data.
   """
 
   _MUTATES_ELEMENT_SPEC = False

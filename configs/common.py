@@ -76,7 +76,7 @@ def aux_config(**overrides: Any) -> ml_collections.ConfigDict:
       'window': 256,               # window side for the window mode
       'ood_items': 16,             # OOD distillation items per step (B_t)
       'ood_points': 32,            # positions per item (n_t)
-      'ood_min_offset': -1,        # 1-D smallest student shift; -1: the train length (all students OOD)
+      'ood_min_offset': -1,        # 1-D smallest student shift; -1: train length // 4 (official)
       'ood_heads': 0,              # heads of the per-head KL; 0: the encoder's heads
       'ood_beta': 1.0,             # beta of the symmetric KL (1: teacher always detached)
       'shift_rate': 0.1,           # probability of a random-shift step

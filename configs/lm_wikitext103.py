@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.update(num_layers=12, width=768, num_heads=12, dropout=0.1, attn_dropout=0.1,
                  tie_embeddings=True, dtype='bfloat16', attention_impl='fused')
   c.pe = common.pe_config(a.pe, max_digits=5, width=768, heads=12, dropout=0.1)
-  c.aux = common.aux_config(max_position=20000, ood_min_offset=a.len // 4)  # official L//4
+  c.aux = common.aux_config(max_position=20000)
   c.train.update(steps=a.steps, batch_size=128, seq_len=a.len, log_every=100,
                  checkpoint_every=5000, keep_checkpoints=3)
   c.optim = common.optim_config(lr=5e-5, warmup_steps=4000, schedule='linear', min_lr_ratio=0.0,

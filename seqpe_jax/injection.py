@@ -120,6 +120,7 @@ class PEAttention(nn.Module):
   init_std: float = 0.02
   out_init_std: float = 0.02
   use_bias: bool = True
+  last_query_only: bool = False  # only the last row's output (the SeqPE encoder's CLS)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -174,6 +175,10 @@ class PEAttention(nn.Module):
     if mask_BxLxS is not None:
       extra = mask_BxLxS[:, None]
       mask = extra if mask is None else mask & extra
+    if self.last_query_only:
+      q = q[:, -1:]
+      mask = None if mask is None else mask[..., -1:, :]
+      bias = None if bias is None else bias[..., -1:, :]
     rng = None
     if not deterministic and self.dropout_rate > 0.0:
       rng = self.make_rng('dropout')

@@ -8,7 +8,6 @@ and sharded over a mesh (see `sharding.py` for the rule table).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -193,76 +192,3 @@ def dot_product_attention(
       q_BxLxHxK, k_BxSxHxK, v_BxSxHxV, bias=bias, mask=mask, scale=scale,
       implementation=impl)
   return out[..., :v_dim]
-
-
-class MultiHeadAttention(nn.Module):
-  """Plain multi-head self-attention (fused qkv, GPT-2 layout), no position signal.
-
-  Used by the SeqPE encoder; the backbones use `injection.PEAttention`, which
-  adds the position-encoding hooks around the same projections.
-  """
-
-  num_heads: int
-  causal: bool = True
-  dropout_rate: float = 0.0
-  init_std: float = 0.02
-  out_init_std: float = 0.02
-  last_query_only: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BxLxC: jax.Array, key_mask_BxL: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    b, l, c = x_BxLxC.shape
-    dh = c // self.num_heads
-    qkv_BxLx3xHxK = Linear((3, self.num_heads, dh), ('embed', None, 'heads', 'kv'),
-                           init_std=self.init_std, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name='qkv')(x_BxLxC)
-    q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
-    mask = None
-    if self.causal:
-      mask = causal_mask(l, l)[None, None]
-    if key_mask_BxL is not None:
-      km = key_mask_BxL[:, None, None, :]
-      mask = km if mask is None else mask & km
-    if self.last_query_only:  # the last layer of the SeqPE encoder only needs CLS
-      q = q[:, -1:]
-      if mask is not None:
-        mask = mask[..., -1:, :]
-    rng = None if deterministic or self.dropout_rate == 0.0 else self.make_rng('dropout')
-    out_BxLxHxK = dot_product_attention(
-        q, k, v, scale=dh**-0.5, mask=mask, dropout_rate=self.dropout_rate, dropout_rng=rng)
-    return Linear((c,), ('heads', 'kv', 'embed'), n_in=2, init_std=self.out_init_std,
-                  dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out_BxLxHxK)
-
-
-class EncoderBlock(nn.Module):
-  """GPT-2 pre-LN block: x + Drop(Attn(LN(x))); x + Drop(Mlp(LN(x)))."""
-
-  num_heads: int
-  causal: bool = True
-  dropout_rate: float = 0.0
-  attn_dropout_rate: float = 0.0
-  ln_eps: float = 1e-5
-  mlp_ratio: int = 4
-  last_query_only: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BxLxC: jax.Array, key_mask_BxL: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    ln = functools.partial(LayerNorm, eps=self.ln_eps, dtype=self.dtype,
-                           param_dtype=self.param_dtype)
-    h = MultiHeadAttention(
-        self.num_heads, causal=self.causal, dropout_rate=self.attn_dropout_rate,
-        last_query_only=self.last_query_only, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='attn')(ln(name='ln_1')(x_BxLxC),
-                                                    key_mask_BxL, deterministic)
-    if self.last_query_only:
-      x_BxLxC = x_BxLxC[:, -1:]
-    x_BxLxC = x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)
-    h = Mlp(self.mlp_ratio * x_BxLxC.shape[-1], dtype=self.dtype,
-            param_dtype=self.param_dtype, name='mlp')(ln(name='ln_2')(x_BxLxC))
-    return x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)

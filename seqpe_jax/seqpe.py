@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from seqpe_jax import layers, positions as pos_lib
+from seqpe_jax.injection import PEContext
+from seqpe_jax.transformer import Block
 
 Dtype = Any
 
@@ -96,18 +98,18 @@ class SeqPEEncoder(nn.Module):
     x_MxTxD = jnp.concatenate([x_MxTxD, cls_Mx1xD], axis=1)  # CLS last (T = n*k + 1)
     x_MxTxD = layers.constrain(x_MxTxD, ('act_batch', None, 'act_embed'))
 
-    key_mask_MxT = None
-    if self.mask_padding:
+    mask_Mx1xT = None
+    if self.mask_padding:  # leading zeros stop being keys; the CLS column always stays
       pad_MxT = pos_lib.pad_mask(pos_MxN, self.max_digits, self.base)
-      key_mask_MxT = jnp.concatenate([pad_MxT, jnp.ones_like(pad_MxT[:, :1])], axis=1)
+      mask_Mx1xT = jnp.concatenate([pad_MxT, jnp.ones_like(pad_MxT[:, :1])], axis=1)[:, None]
 
     for i in range(self.num_layers):
       last = self.cls_only_last_layer and i == self.num_layers - 1
-      x_MxTxD = layers.EncoderBlock(
+      x_MxTxD = Block(
           self.num_heads, causal=self.causal, dropout_rate=self.dropout_rate,
           attn_dropout_rate=self.attn_dropout_rate, ln_eps=1e-5, last_query_only=last,
           dtype=self.dtype, param_dtype=self.param_dtype,
-          name=f'block_{i}')(x_MxTxD, key_mask_MxT, deterministic)
+          name=f'block_{i}')(x_MxTxD, PEContext(), mask_Mx1xT, deterministic)
     h_MxD = x_MxTxD[:, -1]
     if self.final_ln:
       h_MxD = layers.LayerNorm(1e-5, self.dtype, self.param_dtype, name='ln_f')(h_MxD)

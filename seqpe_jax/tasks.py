@@ -120,8 +120,19 @@ class Task:
         mode_probs=tuple(float(x) for x in a.mode_probs), hard_ratio=float(a.hard_ratio),
         window=int(a.window)) if use_ct else None
     min_off = int(a.ood_min_offset)
+    if self.data_dim == 1:
+      # -1: the official L//4 (some students overlap the training range); it extrapolated far
+      # better than min_offset=L in our WikiText-2 runs (README).
+      min_off = self.train_grid[0] // 4 if min_off < 0 else min_off
+      if use_ood and min_off > p - self.train_grid[0]:
+        raise ConfigError(f'aux.ood_min_offset={min_off} leaves no room for OOD students below '
+                          f'aux.max_position={p} at train length {self.train_grid[0]}')
+    elif min_off >= 0:
+      raise ConfigError('aux.ood_min_offset applies to 1-D positions only (n-D students are '
+                        'shifted outside the training grid); leave it at -1')
     ood = samplers.OODConfig(num_items=int(a.ood_items), num_points=int(a.ood_points),
-                             min_offset=None if min_off < 0 else min_off) if use_ood else None
+                             min_offset=min_off if self.data_dim == 1 else None
+                             ) if use_ood else None
     shift_rate = float(a.shift_rate) if seqpe else 0.0
     batch = int(self.config.train.batch_size) // max(int(self.config.train.get('grad_accum', 1)), 1)
     if shift_rate > 0 and batch % int(a.shift_sets):

@@ -1,4 +1,4 @@
-"""The backbone transformer block and stack, shared by the GPT and the ViT."""
+"""The pre-LN transformer block shared by the SeqPE encoder, the GPT and the ViT."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class Block(nn.Module):
   mlp_ratio: int = 4
   attention_impl: str = 'reference'
   out_init_std: float = 0.02
+  last_query_only: bool = False  # compute only the last position (the SeqPE encoder's CLS)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -38,8 +39,11 @@ class Block(nn.Module):
     h = PEAttention(
         self.num_heads, injection=self.injection, causal=self.causal,
         dropout_rate=self.attn_dropout_rate, implementation=self.attention_impl,
-        out_init_std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype,
-        name='attn')(ln(name='ln_1')(x_BxLxC), ctx, mask_BxLxS, deterministic)
+        out_init_std=self.out_init_std, last_query_only=self.last_query_only, dtype=self.dtype,
+        param_dtype=self.param_dtype, name='attn')(ln(name='ln_1')(x_BxLxC), ctx, mask_BxLxS,
+                                                   deterministic)
+    if self.last_query_only:
+      x_BxLxC = x_BxLxC[:, -1:]
     x_BxLxC = x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)
     x_BxLxC = layers.constrain(x_BxLxC, ('act_batch', 'act_len', 'act_embed'))
     h = layers.Mlp(self.mlp_ratio * x_BxLxC.shape[-1], out_init_std=self.out_init_std,

@@ -104,6 +104,15 @@ class LossTest(chex.TestCase, parameterized.TestCase):
     config.model.num_heads = 3
     with pytest.raises(ConfigError, match='not divisible by model.num_heads=3'):
       Task(config, vocab_size=64)
+    config = smoke.get_config('task=vit')
+    config.aux.ood_min_offset = 3
+    with pytest.raises(ConfigError, match='applies to 1-D positions only'):
+      Task(config, num_classes=10, channels=3)
+    config = smoke.get_config()
+    config.aux.ood_min_offset = 9990  # P=10000, L=16: no room
+    with pytest.raises(ConfigError, match='leaves no room'):
+      Task(config, vocab_size=64)
+    self.assertEqual(Task(smoke.get_config(), vocab_size=64).aux.ood.min_offset, 4)  # L // 4
     config = smoke.get_config()
     config.model.nonsense = 1
     with pytest.raises(ConfigError, match='unknown model option'):

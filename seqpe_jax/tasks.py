@@ -244,14 +244,21 @@ class Task:
     aux_Mxd = jnp.concatenate(aux_parts).astype(jnp.int32) if aux_parts else None
 
     default_1xNxd = self.default_positions[None]
-    encode = lambda pos: self.encode(params, pos, aux_Mxd=aux_Mxd, deterministic=False, rng=k_enc)
+    encode_with = lambda p, pos: self.encode(p, pos, aux_Mxd=aux_Mxd, deterministic=False,
+                                             rng=k_enc)
+    encode = lambda pos: encode_with(params, pos)
     shifted = jnp.zeros((), bool)
     if a.shift_rate > 0:
       shifted = samplers.use_shift(k_shift, a.shift_rate)
       offsets = samplers.shift_offsets(k_sets, self.shift_pool, a.shift_sets)
       sets_SxNxd = samplers.shifted_grid(offsets, self.train_grid)
-      pe = jax.lax.cond(shifted, lambda: encode(sets_SxNxd),
-                        lambda: _broadcast_sets(encode(default_1xNxd), a.shift_sets))
+      # Rematerialised branches: reverse-mode cond otherwise carries both branches' encoder
+      # activations as residuals (the unused one zero-filled) on every step.
+      shifted_enc = jax.checkpoint(lambda p, pos: encode_with(p, pos))
+      default_enc = jax.checkpoint(
+          lambda p, pos: _broadcast_sets(encode_with(p, pos), a.shift_sets))
+      pe = jax.lax.cond(shifted, shifted_enc, lambda p, _: default_enc(p, default_1xNxd),
+                        params, sets_SxNxd)
     else:
       pe = encode(default_1xNxd)
 

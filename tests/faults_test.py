@@ -1,11 +1,11 @@
 """Fault tests: preemption, kill -9 while checkpointing, disk full, corrupt checkpoints, NaN/Inf.
 
 Every run is the real CLI (`seqpe_jax.main`) in a subprocess: configs/smoke.py,
-one CPU device, fp32, 8 steps, metrics every step. Faults are injected
+one CPU device, fp32, 10 steps, metrics every step. Faults are injected
 deterministically by `_CHILD`, which patches one orbax / grain / seqpe_jax
 function before calling the CLI: it sends itself SIGTERM at a chosen point, or
 SIGKILL at a chosen point of the checkpoint write path, or fails a write with
-ENOSPC, and the NaN cases use the config's `train.debug_nan_step/_term`.
+ENOSPC, and the NaN cases use the config's `train.debug_nan` (e.g. `contrastive@6`).
 Resumed runs must reproduce the uninterrupted run's metrics bit for bit, step
 by step. All runs share a per-session persistent compilation cache, so only the
 first run of each graph compiles.

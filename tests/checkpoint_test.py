@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import pathlib
@@ -18,6 +17,7 @@ from absl.testing import absltest, parameterized
 from configs import smoke
 from seqpe_jax import checkpoint
 from seqpe_jax.errors import CheckpointError, CheckpointWriteError
+from tests.testutil import tree_hash
 
 
 def _state(scale: float = 1.0, shape=(3, 4)):
@@ -32,15 +32,6 @@ def _abstract(state):
 
 def _iterator():
   return iter(grain.MapDataset.range(1000).shuffle(seed=0).batch(4).to_iter_dataset())
-
-
-def _tree_hash(root: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  for p in sorted(root.rglob('*')):
-    h.update(str(p.relative_to(root)).encode())
-    if p.is_file():
-      h.update(p.read_bytes())
-  return h.hexdigest()
 
 
 class CheckpointerTest(parameterized.TestCase):
@@ -114,22 +105,22 @@ class CheckpointerTest(parameterized.TestCase):
     self._save_steps(workdir, [1, 2])
     for s in (1, 2):
       (workdir / 'checkpoints' / str(s) / 'state' / '_METADATA').unlink()
-    before = _tree_hash(workdir)
+    before = tree_hash(workdir)
     with self.assertRaisesRegex(CheckpointError, r'^no usable checkpoint in .*\(step 2: '
                                 r'state/_METADATA is missing; step 1: state/_METADATA is missing\)'
                                 r'.*move .* away$'):
       self._restore(workdir)
-    self.assertEqual(_tree_hash(workdir), before)
+    self.assertEqual(tree_hash(workdir), before)
 
   def test_other_shapes_are_refused_not_moved(self):
     workdir = pathlib.Path(tempfile.mkdtemp())
     self._save_steps(workdir, [1, 2])
-    before = _tree_hash(workdir)
+    before = tree_hash(workdir)
     with self.assertRaisesRegex(CheckpointError, r'^the checkpoint at step 2 in .* was written by '
                                 r'a different model config \(w is float32\[3, 4\] in the '
                                 r'checkpoint, float32\[5, 4\] now\); use a new --workdir'):
       self._restore(workdir, shape=(5, 4))
-    self.assertEqual(_tree_hash(workdir), before)
+    self.assertEqual(tree_hash(workdir), before)
 
   def test_checkpoint_without_manifest_still_restores(self):
     workdir = pathlib.Path(tempfile.mkdtemp())

@@ -2,7 +2,6 @@
 
 import pathlib
 import pickle
-import tempfile
 import unittest
 
 from absl.testing import absltest
@@ -14,6 +13,7 @@ import tensorflow_datasets as tfds
 from seqpe_jax.data import common
 from seqpe_jax.data import text
 from seqpe_jax.errors import ConfigError, DataError
+from tests.testutil import TmpDirTestCase
 
 
 def _real_data_dir() -> pathlib.Path:
@@ -31,22 +31,7 @@ def _lm_cfg(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
-class TextTestBase(parameterized.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.tmp = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
-    self.cache = self.tmp / 'cache'
-
-  def assertOneLineError(self, error_type, fn, *needles):
-    with self.assertRaises(error_type) as ctx:
-      fn()
-    self.assertNotIn('\n', str(ctx.exception))
-    for needle in needles:
-      self.assertIn(needle, str(ctx.exception))
-
-
-class WikiTextTest(TextTestBase):
+class WikiTextTest(TmpDirTestCase):
 
   def test_files_and_counts_match_release(self):
     files = text.wikitext_files(_real_data_dir(), 'wikitext-2')
@@ -78,7 +63,7 @@ class WikiTextTest(TextTestBase):
         ConfigError, lambda: text.build_lm_data(cfg, seq_len=8, batch_size=2, seed=0), 'ptb')
 
 
-class StreamTest(TextTestBase):
+class StreamTest(TmpDirTestCase):
 
   def test_tokenize_real_file_cached(self):
     valid = text.wikitext_files(_real_data_dir(), 'wikitext-2')['valid']
@@ -109,7 +94,7 @@ class StreamTest(TextTestBase):
                                                  data_dir=str(self.tmp)), 'lm1b', 'tfds build')
 
 
-class TrainIterTest(TextTestBase):
+class TrainIterTest(TmpDirTestCase):
 
   def test_source_windows(self):
     stream = np.arange(1, 42, dtype=np.int32)
@@ -210,7 +195,7 @@ class TrainIterTest(TextTestBase):
     self.assertTrue(data.tokenizer.decode(valid).startswith(' \n = Homarus gammarus = \n'))
 
 
-class EvalTest(TextTestBase):
+class EvalTest(TmpDirTestCase):
 
   @parameterized.parameters((50, 8, 3, None), (50, 7, 2, 33), (9, 8, 4, None), (2, 5, 1, None))
   def test_chunks_cover_stream_once(self, n, length, batch_size, max_tokens):

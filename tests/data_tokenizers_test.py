@@ -9,10 +9,11 @@ from absl.testing import absltest, parameterized
 
 from seqpe_jax.data import common, text, tokenizers
 from seqpe_jax.errors import ConfigError
-from tests.data_text_test import TextTestBase, _real_data_dir
+from tests.data_text_test import _real_data_dir
+from tests.testutil import TmpDirTestCase
 
 
-class TokenizerTest(TextTestBase):
+class TokenizerTest(TmpDirTestCase):
 
   def test_byte_roundtrip_and_pickle(self):
     tok = pickle.loads(pickle.dumps(tokenizers.ByteTokenizer()))

@@ -5,7 +5,6 @@ import io
 import pathlib
 import struct
 import tarfile
-import tempfile
 import unittest
 from unittest import mock
 
@@ -19,6 +18,7 @@ import tensorflow_datasets as tfds
 from seqpe_jax.data import common
 from seqpe_jax.data import vision
 from seqpe_jax.errors import ConfigError, DataError
+from tests.testutil import TmpDirTestCase
 
 
 def _real_data_dir() -> pathlib.Path:
@@ -62,22 +62,7 @@ def _png(array) -> bytes:
   return buf.getvalue()
 
 
-class VisionTestBase(parameterized.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.tmp = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
-    self.cache = self.tmp / 'cache'
-
-  def assertOneLineError(self, error_type, fn, *needles):
-    with self.assertRaises(error_type) as ctx:
-      fn()
-    self.assertNotIn('\n', str(ctx.exception))
-    for needle in needles:
-      self.assertIn(needle, str(ctx.exception))
-
-
-class MnistTest(VisionTestBase):
+class MnistTest(TmpDirTestCase):
 
   @parameterized.parameters(('train', 60_000), ('test', 10_000))
   def test_real_files(self, split, n):
@@ -112,7 +97,7 @@ class MnistTest(VisionTestBase):
                             'train-images-idx3-ubyte.gz')
 
 
-class Cifar10Test(VisionTestBase):
+class Cifar10Test(TmpDirTestCase):
 
   def test_small_archive_decodes_and_caches(self):
     members = _real_cifar_members()
@@ -155,7 +140,7 @@ class Cifar10Test(VisionTestBase):
                             'cifar10-jpg.tar.xz')
 
 
-class FolderAndTfdsTest(VisionTestBase):
+class FolderAndTfdsTest(TmpDirTestCase):
 
   def test_image_folder(self):
     root = self.tmp / 'pets'
@@ -190,7 +175,7 @@ class FolderAndTfdsTest(VisionTestBase):
         'mnist', 'train', data_dir=str(self.tmp)), 'mnist', 'tfds build')
 
 
-class PipelineTest(VisionTestBase):
+class PipelineTest(TmpDirTestCase):
 
   def setUp(self):
     super().setUp()
@@ -256,7 +241,7 @@ class PipelineTest(VisionTestBase):
         self.rgb, image_size=8, batch_size=11, seed=0, augment=False), 'batch size 11')
 
 
-class BuildTest(VisionTestBase):
+class BuildTest(TmpDirTestCase):
 
   def _cfg(self, **overrides):
     cfg = ml_collections.ConfigDict(dict(

@@ -14,7 +14,6 @@ first run of each graph compiles.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -30,6 +29,7 @@ from absl.testing import absltest
 from seqpe_jax import checkpoint, train
 from seqpe_jax.errors import Preempted
 from tests.conftest import shared_path
+from tests.testutil import tree_hash
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 10
@@ -192,15 +192,6 @@ def _steps(workdir) -> list[int]:
 def _tmp_dirs(workdir) -> list[str]:
   d = pathlib.Path(workdir) / 'checkpoints'
   return sorted(p.name for p in d.iterdir() if checkpoint.TMP_SUFFIX in p.name)
-
-
-def _tree_hash(root) -> str:
-  h = hashlib.sha256()
-  for p in sorted(pathlib.Path(root).rglob('*')):
-    h.update(str(p.relative_to(root)).encode())
-    if p.is_file():
-      h.update(p.read_bytes())
-  return h.hexdigest()
 
 
 _REFERENCE: dict[str, object] = {}
@@ -373,18 +364,18 @@ class CrashTest(FaultTestCase):
     shutil.copytree(self.ref_dir, workdir)
     for s in (5, 10):
       (workdir / 'checkpoints' / str(s) / 'state' / '_METADATA').unlink()
-    before = _tree_hash(workdir)
+    before = tree_hash(workdir)
     r = _run(workdir)
     line = self.assert_one_line(r, 2, 'error: no usable checkpoint in ')
     self.assertIn('step 10: state/_METADATA is missing; step 5: state/_METADATA is missing', line)
-    self.assertEqual(_tree_hash(workdir), before)
+    self.assertEqual(tree_hash(workdir), before)
 
   def test_incompatible_workdir_is_refused_and_nothing_changes(self):
-    before = _tree_hash(self.ref_dir)
+    before = tree_hash(self.ref_dir)
     r = _run(self.ref_dir, '--config.model.width=64')
     line = self.assert_one_line(r, 2, 'error: workdir ')
     self.assertIn('incompatible config (model.width differs: saved 32, now 64)', line)
-    self.assertEqual(_tree_hash(self.ref_dir), before)
+    self.assertEqual(tree_hash(self.ref_dir), before)
 
 
 class NonFiniteTest(FaultTestCase):
@@ -393,7 +384,7 @@ class NonFiniteTest(FaultTestCase):
     workdir = pathlib.Path(tempfile.mkdtemp()) / 'run'
     shutil.copytree(self.ref_dir, workdir)
     shutil.rmtree(workdir / 'checkpoints' / str(STEPS))  # resume from step 5
-    before = _tree_hash(workdir / 'checkpoints')
+    before = tree_hash(workdir / 'checkpoints')
     every = '--config.train.checkpoint_every=1'
     nan = '--config.train.debug_nan=contrastive@6,task@7,ood@8,grads@9'
     r = _run(workdir, every, nan)
@@ -401,7 +392,7 @@ class NonFiniteTest(FaultTestCase):
                                 'step 6; stopped without saving that step, the last checkpoint '
                                 '(step 5) is untouched')
     self.assertIn('train.nonfinite=skip', line)
-    self.assertEqual(_tree_hash(workdir / 'checkpoints'), before)  # byte-identical, nothing new
+    self.assertEqual(tree_hash(workdir / 'checkpoints'), before)  # byte-identical, nothing new
     self.assert_same_trajectory(workdir, range(1, 6))
 
     r = _run(workdir, every, nan, '--config.train.nonfinite=skip')

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import lzma
 import os
 import pathlib
@@ -24,6 +23,7 @@ from PIL import Image
 from configs import smoke
 from seqpe_jax import checkpoint
 from tests.conftest import SHARED, shared_path
+from tests.testutil import tree_hash
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = '--config=configs/smoke.py'
@@ -129,19 +129,6 @@ def _child_env() -> dict[str, str]:
   return env
 
 
-def _tree_hash(root: pathlib.Path) -> str | None:
-  if not root.exists():
-    return None
-  if root.is_file():
-    return hashlib.sha256(root.read_bytes()).hexdigest()
-  h = hashlib.sha256()
-  for p in sorted(root.rglob('*')):
-    h.update(str(p.relative_to(root)).encode())
-    if p.is_file():
-      h.update(p.read_bytes())
-  return h.hexdigest()
-
-
 def _make_images(root: pathlib.Path, corrupt: bool) -> None:
   rng = np.random.default_rng(0)
   for split, per_class in (('train', 2), ('test', 1)):  # 4 train images: one batch of smoke
@@ -185,13 +172,13 @@ class Outcome:
 def _run_case(case: Case, tmp: pathlib.Path) -> Outcome:
   workdir = tmp / case.name / 'work'
   _make_workdir(workdir, case.workdir)
-  before = _tree_hash(workdir)
+  before = tree_hash(workdir)
   args = [a.format(tmp=tmp) for a in case.args]
   if case.workdir != 'none':
     args.append(f'--workdir={workdir}')
   p = subprocess.run([sys.executable, '-m', 'seqpe_jax.main', *args], cwd=REPO,
                      env=_child_env(), capture_output=True, text=True, timeout=300)
-  return Outcome(p.returncode, p.stdout, p.stderr, workdir, before, _tree_hash(workdir))
+  return Outcome(p.returncode, p.stdout, p.stderr, workdir, before, tree_hash(workdir))
 
 
 class MainErrorsTest(parameterized.TestCase):

@@ -25,7 +25,7 @@ from flax.training import train_state
 
 from seqpe_jax import checkpoint, evaluate, optim, sharding
 from seqpe_jax.errors import (NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, CheckpointError,
-                              ConfigError, NonFiniteError, Preempted, UserError)
+                              NonFiniteError, Preempted, UserError)
 from seqpe_jax.metrics import MetricWriter
 from seqpe_jax.tasks import Task, count_params
 
@@ -333,5 +333,5 @@ def restore_params(run: Run) -> tuple[Any, int]:
 
 
 __all__ = ['create_train_state', 'make_train_step', 'jit_train_step', 'train', 'evaluate_run',
-           'restore_params', 'Run', 'Preempted', 'NonFiniteError', 'ConfigError',
+           'restore_params', 'Run', 'Preempted', 'NonFiniteError',
            'PREEMPTED_EXIT_CODE', 'NONFINITE_EXIT_CODE']

@@ -46,7 +46,7 @@ def measure(config, pe_type: str, impl: str, batch: int, steps: int) -> dict:
   tx, lr = optim.build_optimizer(config.optim, 1000)
   mesh = sharding.make_mesh(config.mesh)
   state, shardings = train.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
-  step = train.jit_train_step(train.make_train_step(task, lr), shardings, task.dummy_batch(1), mesh)
+  step = train.jit_train_step(train.make_train_step(task, lr), shardings, mesh)
   length = task.train_grid[0]
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, vocab, (batch, length)).astype(np.int32)

@@ -82,6 +82,8 @@ def aux_config(**overrides: Any) -> ml_collections.ConfigDict:
       'shift_rate': 0.1,           # probability of a random-shift step
       'shift_pool': 320,           # fixed pool of start offsets (0: all offsets)
       'shift_sets': 16,            # position sets on a shifted step (B_pe); must divide the batch
+      'counts_per_device': False,  # num_pivots / ood_items / shift_sets per data-parallel device
+                                   # (x the data-parallel size, as the official per-GPU samplers)
       **overrides,
   })
 
@@ -91,7 +93,8 @@ def optim_config(**overrides: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       'lr': 2e-3,              # peak learning rate
       'pe_lr': 0.0,            # SeqPE encoder peak LR (0: same as lr)
-      'warmup_steps': 50,      # linear warm-up from 0
+      'warmup_steps': 50,      # linear warm-up from warmup_init_lr
+      'warmup_init_lr': 0.0,   # LR at step 0 of the warm-up (timm's warmup_lr_init)
       'schedule': 'cosine',    # cosine | linear | constant (after warm-up)
       'min_lr_ratio': 0.1,     # final LR as a fraction of the peak
       'decay_steps': 0,        # schedule length (0: train.steps); fix it to extend a run later

@@ -44,7 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'checkpoint_every': 200,   # orbax checkpoint interval (steps)
       'keep_checkpoints': 2,     # keep the last N checkpoints
       'async_checkpoint': True,  # write checkpoints in the background
-      'eval_every': 0,           # validation ppl at the train length every N steps (0: off)
+      'eval_every': 0,           # validation ppl at the train length on data.eval_split every
+                                 # N steps, logged to metrics.jsonl / TensorBoard (0: off)
+      'keep_best': False,        # keep the best-validation params in <workdir>/best/
       'nonfinite': 'stop',       # stop | skip: what a NaN/Inf loss or gradient does
       'debug_nan': '',           # test only: 'term@step,...' makes a term NaN at a step
                                  # (term: task | contrastive | ood | grads)
@@ -60,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'vocab_size': 4096,        # sentencepiece vocabulary
       'cache_dir': '',           # '' = $SEQPE_CACHE_DIR or ~/.cache/seqpe_jax
       'num_workers': 0,          # grain worker processes (0: in-process)
-      'eval_split': 'valid',     # valid | test
+      'eval_split': 'valid',     # the split of train.eval_every's validation (model selection)
   })
   c.eval = ml_collections.ConfigDict({
       'lengths': (64, 128, 256, 512, 1024),  # evaluation lengths (tokens)
@@ -68,6 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'max_tokens': 65536,       # evaluate on the first N tokens of each split (0: all)
       'batch_size': 8,           # chunks per eval batch
       'stride': 0,               # sliding-window stride (0: non-overlapping chunks, the paper)
+      'start_position': 0,       # positions of every chunk start here (official --eval_start_pos)
+      'checkpoint': 'latest',    # latest | best (the train.keep_best model)
   })
   c.mesh = common.mesh_config()
   return c

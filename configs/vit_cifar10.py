@@ -51,7 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'checkpoint_every': 500,
       'keep_checkpoints': 2,
       'async_checkpoint': True,
-      'eval_every': 0,
+      'eval_every': 0,           # top-1 at train.image_size on data.eval_split every N steps
+      'keep_best': False,        # keep the best-validation params in <workdir>/best/
       'nonfinite': 'stop',       # stop | skip: what a NaN/Inf loss or gradient does
       'debug_nan': '',           # test only: 'term@step,...' makes a term NaN at a step
                                  # (term: task | contrastive | ood | grads)
@@ -64,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'cache_dir': '',
       'num_workers': 0,
       'augment': True,           # random crop + flip (flip off for MNIST)
-      'eval_split': 'test',
+      'eval_split': 'test',      # the split of train.eval_every's validation (model selection)
       'max_train_examples': 0,   # 0: all
       'max_eval_examples': 2000, # 0: all
   })
@@ -73,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'splits': ('test',),
       'mode': 'extend',          # extend (encode the larger grid) | interpolate (resize it)
       'batch_size': 128,
+      'checkpoint': 'latest',    # latest | best (the train.keep_best model)
   })
   c.mesh = common.mesh_config()
   return c

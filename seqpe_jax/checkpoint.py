@@ -367,3 +367,66 @@ def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(_jsonable(config.to_dict()), indent=2, sort_keys=True))
   tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------- best model
+
+BEST_DIR = 'best'
+
+
+class BestCheckpoint:
+  """The parameters with the best validation score so far, in `<workdir>/best/<step>/`.
+
+  The official trainers select their model by validation (perplexity at the training
+  length, top-1 at the training resolution); this keeps that model next to the rolling
+  checkpoints. orbax's `best_fn` keeps one step — the lowest score — and remembers the scores
+  of what it kept, so a resumed run keeps comparing against the right best. Saves are
+  synchronous (rare, and a half-written best must never replace a complete one).
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, *, create: bool = True):
+    self.directory = pathlib.Path(workdir).absolute() / BEST_DIR
+    if not create and not self.directory.is_dir():
+      raise CheckpointError(f'no best checkpoint in {self.directory}; train with '
+                            'train.eval_every > 0 and train.keep_best=True first')
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda m: m['score'], best_mode='min',
+        enable_async_checkpointing=False, create=create, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('params',))
+
+  def best(self) -> tuple[int, float] | None:
+    """`(step, score)` of the kept model, or None."""
+    step = self.manager.best_step()
+    if step is None:
+      return None
+    metrics = self.manager.metrics(step) or {}
+    return step, float(metrics.get('score', float('inf')))
+
+  def update(self, step: int, params: Any, score: float) -> bool:
+    """Saves `params` if `score` beats the kept one; returns whether it did."""
+    current = self.best()
+    if current is not None and not score < current[1]:
+      return False
+    if step in self.manager.all_steps():  # a rerun of an already-evaluated step
+      return False
+    try:
+      self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                        metrics={'score': float(score)}, force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointWriteError(f'writing the best checkpoint at step {step} in '
+                                 f'{self.directory} failed: {one_line(e)}') from None
+    return True
+
+  def restore(self, abstract_params: Any) -> tuple[Any, int]:
+    best = self.best()
+    if best is None:
+      raise CheckpointError(f'no best checkpoint in {self.directory}; train with '
+                            'train.eval_every > 0 and train.keep_best=True first')
+    out = self.manager.restore(best[0], args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))
+    return out['params'], best[0]
+
+  def close(self) -> None:
+    self.manager.close()

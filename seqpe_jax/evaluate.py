@@ -35,8 +35,12 @@ def check_eval_config(task: Task, config: ml_collections.ConfigDict) -> None:
     sizes = [int(l) for l in config.eval.lengths]
     if any(l < 1 for l in sizes):
       raise ConfigError(f'eval.lengths must be positive, got {tuple(sizes)}')
-    largest = max(sizes, default=0) - 1
-    what = f'evaluation length {largest + 1}'
+    start = int(config.eval.get('start_position', 0))
+    if start < 0:
+      raise ConfigError(f'eval.start_position must be >= 0, got {start}')
+    largest = start + max(sizes, default=0) - 1
+    what = (f'evaluation length {max(sizes, default=0)}' +
+            (f' from eval.start_position={start}' if start else ''))
   else:
     sizes = [int(s) for s in config.eval.image_sizes]
     grids = [patch_grid((s, s), task.config.model.patch_size) for s in sizes]
@@ -87,32 +91,76 @@ def _jitted(task: Task, kind: str) -> Callable:
   return jax.jit(vit_step)
 
 
-def lm_extrapolation(task: Task, params: Any, mesh, eval_stream: Callable[[str], np.ndarray],
-                     config: ml_collections.ConfigDict) -> list[dict]:
-  """Perplexity at each `eval.lengths` on each `eval.splits` (non-overlapping or sliding)."""
-  e = config.eval
+def _lm_sweep_point(task: Task, params: Any, mesh, stream: np.ndarray, length: int,
+                    e: ml_collections.ConfigDict, tokenizer=None) -> dict:
+  """Perplexity of `stream` at one evaluation length (the PE encoded once for it).
+
+  Positions run from `eval.start_position` (the official `--eval_start_pos`): every chunk is
+  scored with positions `start .. start+length-1`, while its tokens stay where they are.
+  """
   encode, step = _jitted(task, 'encode'), _jitted(task, 'lm')
   bs = _eval_batch_size(int(e.batch_size), mesh)
+  start = int(e.get('start_position', 0))
+  t0 = time.time()
+  positions = (start + jnp.arange(length, dtype=jnp.int32))[None, :, None]
+  pe = encode(params, positions, (start + length,) if start else None, 'extend')
+  max_tokens = int(e.max_tokens) or None
+  if e.stride:
+    batches = text_data.lm_sliding_batches(stream, length, int(e.stride), bs, max_tokens)
+  else:
+    batches = text_data.lm_eval_batches(stream, length, bs, max_tokens)
+  nll, count = jnp.zeros(()), jnp.zeros(())
+  for batch in batches:
+    s, n = step(params, sharding.global_batch(_local_rows(batch), mesh), pe)
+    nll, count = nll + s, count + n
+  nll, count = float(nll), float(count)
+  row = {'length': length, 'ppl': math.exp(nll / count), 'nll': nll / count,
+         'tokens': int(count)}
+  words = _word_count(tokenizer, stream, max_tokens)
+  if words:  # the official evaluation also prints word-level perplexity
+    row.update(word_ppl=math.exp(nll / words), words=words)
+  if start:
+    row['start_position'] = start
+  row['seconds'] = round(time.time() - t0, 2)
+  return row
+
+
+def _word_count(tokenizer, stream: np.ndarray, max_tokens: int | None) -> int:
+  """Words among the scored tokens (all but the first of the evaluated stream)."""
+  count = getattr(tokenizer, 'count_words', None)
+  if count is None:
+    return 0
+  scored = np.asarray(stream[:max_tokens] if max_tokens else stream)[1:]
+  return int(count(scored))
+
+
+def lm_extrapolation(task: Task, params: Any, mesh, eval_stream: Callable[[str], np.ndarray],
+                     config: ml_collections.ConfigDict, tokenizer=None) -> list[dict]:
+  """Perplexity at each `eval.lengths` on each `eval.splits` (non-overlapping or sliding)."""
   results = []
-  for split in e.splits:
+  for split in config.eval.splits:
     stream = eval_stream(split)
-    for length in (int(l) for l in e.lengths):
-      t0 = time.time()
-      pe = encode(params, jnp.arange(length, dtype=jnp.int32)[None, :, None], None, 'extend')
-      if e.stride:
-        batches = text_data.lm_sliding_batches(stream, length, int(e.stride), bs,
-                                               int(e.max_tokens) or None)
-      else:
-        batches = text_data.lm_eval_batches(stream, length, bs, int(e.max_tokens) or None)
-      nll, count = jnp.zeros(()), jnp.zeros(())
-      for batch in batches:
-        s, n = step(params, sharding.global_batch(_local_rows(batch), mesh), pe)
-        nll, count = nll + s, count + n
-      nll, count = float(nll), float(count)
-      results.append({'length': length, 'split': split, 'ppl': math.exp(nll / count),
-                      'nll': nll / count, 'tokens': int(count),
-                      'seconds': round(time.time() - t0, 2)})
+    for length in (int(l) for l in config.eval.lengths):
+      row = _lm_sweep_point(task, params, mesh, stream, length, config.eval, tokenizer)
+      results.append({'length': row.pop('length'), 'split': split, **row})
   return results
+
+
+def _vit_sweep_point(task: Task, params: Any, mesh, batches: Iterator[dict], size: int,
+                     mode: str) -> dict:
+  """Top-1 / top-5 at one image size (the PE of its grid encoded once)."""
+  encode, step = _jitted(task, 'encode'), _jitted(task, 'vit')
+  t0 = time.time()
+  g = patch_grid((size, size), task.config.model.patch_size)
+  pe = encode(params, grid_2d(*g)[None], g, mode)
+  hits, hits5, count = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
+  for batch in batches:
+    h, h5, n = step(params, sharding.global_batch(batch, mesh), pe)
+    hits, hits5, count = hits + h, hits5 + h5, count + n
+  count = float(count)
+  return {'grid': list(g), 'mode': mode, 'top1': float(hits) / count,
+          'top5': float(hits5) / count, 'examples': int(count),
+          'seconds': round(time.time() - t0, 2)}
 
 
 def vit_extrapolation(task: Task, params: Any, mesh,
@@ -120,23 +168,31 @@ def vit_extrapolation(task: Task, params: Any, mesh,
                       config: ml_collections.ConfigDict) -> list[dict]:
   """Top-1 / top-5 at each `eval.image_sizes` (`eval.mode`: extend | interpolate)."""
   e = config.eval
-  encode, step = _jitted(task, 'encode'), _jitted(task, 'vit')
   mode = e.get('mode', 'extend')
   results = []
   for split in e.splits:
     for size in (int(s) for s in e.image_sizes):
-      t0 = time.time()
-      g = patch_grid((size, size), task.config.model.patch_size)
-      pe = encode(params, grid_2d(*g)[None], g, mode)
-      hits, hits5, count = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
-      for batch in eval_batches(split, size):
-        h, h5, n = step(params, sharding.global_batch(batch, mesh), pe)
-        hits, hits5, count = hits + h, hits5 + h5, count + n
-      count = float(count)
-      results.append({'image_size': size, 'split': split, 'grid': list(g), 'mode': mode,
-                      'top1': float(hits) / count, 'top5': float(hits5) / count,
-                      'examples': int(count), 'seconds': round(time.time() - t0, 2)})
+      row = _vit_sweep_point(task, params, mesh, eval_batches(split, size), size, mode)
+      results.append({'image_size': size, 'split': split, **row})
   return results
+
+
+def validation(task: Task, params: Any, mesh, data, config: ml_collections.ConfigDict
+               ) -> tuple[dict[str, float], float]:
+  """Validation at the training size on `data.eval_split`: `(metrics, score to minimise)`.
+
+  LM: perplexity at the training length; ViT: top-1 at the training image size (the
+  official model selection: best validation perplexity at 512 / best top-1 at 224).
+  """
+  split = config.data.eval_split
+  if task.kind == 'lm':
+    e = config.eval.copy_and_resolve_references()
+    e.start_position = 0
+    row = _lm_sweep_point(task, params, mesh, data.eval_stream(split), task.train_grid[0], e)
+    return {'val_ppl': row['ppl']}, row['ppl']
+  size = int(config.train.image_size)
+  row = _vit_sweep_point(task, params, mesh, data.eval_batches(split, size), size, 'extend')
+  return {'val_top1': row['top1']}, -row['top1']
 
 
 def write_report(workdir: str | pathlib.Path, task: Task, results: list[dict]) -> dict:

@@ -154,15 +154,20 @@ def dot_product_attention(
     scale: multiplies q·k (the bias is added after scaling).
     bias: additive logits, broadcastable to `[B, H, L, S]`.
     mask: bool, broadcastable to `[B, H, L, S]`; False = not attended.
-    implementation: 'reference' (einsum, supports attention dropout), or
-      'xla' / 'cudnn' / 'fused' (`jax.nn.dot_product_attention`; 'fused' lets
-      JAX pick cuDNN flash attention on GPU and XLA elsewhere).
-    dropout_rate, dropout_rng: attention-probability dropout (reference only).
+    implementation: 'reference' (einsum), or 'xla' / 'cudnn' / 'fused'
+      (`jax.nn.dot_product_attention`; 'fused' lets JAX pick cuDNN flash
+      attention on GPU and XLA elsewhere).
+    dropout_rate, dropout_rng: attention-probability dropout. The fused kernels
+      have no dropout, so a step with active attention dropout (a training step
+      with `dropout_rng` and `dropout_rate > 0`) takes the reference path
+      whatever `implementation` says; evaluation and decoding (no rng) keep the
+      fused kernel. Same math either way (the equivalence is tested).
 
   Returns:
     `[B, L, H, V]`.
   """
-  if implementation == 'reference':
+  dropout_active = dropout_rate > 0.0 and dropout_rng is not None
+  if implementation == 'reference' or dropout_active:
     logits_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK,
                                 preferred_element_type=jnp.float32) * scale
     if bias is not None:
@@ -170,14 +175,12 @@ def dot_product_attention(
     if mask is not None:
       logits_BxHxLxS = jnp.where(mask, logits_BxHxLxS, NEG_INF)
     probs_BxHxLxS = jax.nn.softmax(logits_BxHxLxS, axis=-1)
-    if dropout_rate > 0.0 and dropout_rng is not None:
+    if dropout_active:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxLxS.shape)
       probs_BxHxLxS = jnp.where(keep, probs_BxHxLxS / (1.0 - dropout_rate), 0.0)
     return jnp.einsum('bhls,bshv->blhv', probs_BxHxLxS.astype(v_BxSxHxV.dtype), v_BxSxHxV)
 
   impl = None if implementation == 'fused' else implementation
-  if dropout_rate > 0.0 and dropout_rng is not None:
-    raise ValueError('attention-probability dropout needs attention_impl="reference"')
   k_dim, v_dim = q_BxLxHxK.shape[-1], v_BxSxHxV.shape[-1]
   if v_dim < k_dim:  # concatenated-PE queries/keys are wider than values: pad, then slice
     v_BxSxHxV = jnp.pad(v_BxSxHxV, [(0, 0)] * 3 + [(0, k_dim - v_dim)])

@@ -98,6 +98,15 @@ def build_run(config, workdir: str, mode: str = 'train'):
                       f'devices ({dp}) x grad_accum ({accum}) and by the process count')
   if t.get('nonfinite', 'stop') not in ('stop', 'skip'):
     raise ConfigError(f"train.nonfinite must be stop or skip, got {t.nonfinite!r}")
+  if int(t.get('eval_every', 0)) < 0:
+    raise ConfigError(f'train.eval_every must be >= 0 (0: off), got {t.eval_every}')
+  if t.get('keep_best', False) and not int(t.get('eval_every', 0)):
+    raise ConfigError('train.keep_best needs train.eval_every > 0 (validation picks the best)')
+  which = config.eval.get('checkpoint', 'latest')
+  if which not in ('latest', 'best'):
+    raise ConfigError(f"eval.checkpoint must be latest or best, got {which!r}")
+  if which == 'best' and not t.get('keep_best', False):
+    raise ConfigError('eval.checkpoint=best needs train.keep_best=True (and train.eval_every > 0)')
   ckpt_exists = has_checkpoint(path)
   if mode == 'eval' and not ckpt_exists:
     raise CheckpointError(f'no checkpoint in {path / "checkpoints"}; train first (--mode=train)')
@@ -108,12 +117,13 @@ def build_run(config, workdir: str, mode: str = 'train'):
   if config.task == 'lm':
     data = text.build_lm_data(config.data, seq_len=int(t.seq_len), batch_size=local_batch,
                               seed=seed, process_index=pidx, process_count=pcount)
-    task = Task(config, vocab_size=data.tokenizer.vocab_size)
+    task = Task(config, vocab_size=data.tokenizer.vocab_size, data_parallel=dp)
   else:
     data = vision.build_image_data(config.data, image_size=int(t.image_size),
                                    batch_size=local_batch, seed=seed, process_index=pidx,
                                    process_count=pcount)
-    task = Task(config, num_classes=data.num_classes, channels=data.channels)
+    task = Task(config, num_classes=data.num_classes, channels=data.channels,
+                data_parallel=dp)
   evaluate.check_eval_config(task, config)
   tx, lr_fn = optim.build_optimizer(config.optim, int(t.steps))
   _probe_data(config, data, mode)
@@ -132,12 +142,15 @@ def _probe_data(config, data, mode: str) -> None:
     start = it.get_state()
     next(it)
     it.set_state(start)
+  splits = list(config.eval.splits)
+  if int(config.train.get('eval_every', 0)) and config.data.eval_split not in splits:
+    splits.append(config.data.eval_split)  # the periodic validation's split
   if config.task == 'lm':
-    for split in config.eval.splits:
+    for split in splits:
       data.eval_stream(split)  # tokenizes (and caches) the split
   else:
-    sizes = [int(s) for s in config.eval.image_sizes]
-    for split in config.eval.splits:
+    sizes = [int(s) for s in config.eval.image_sizes] + [int(config.train.image_size)]
+    for split in splits:
       if sizes:
         next(iter(data.eval_batches(split, min(sizes))), None)
 
@@ -183,11 +196,14 @@ def main(argv) -> None:
       validate_config_early(config)
       run = build_run(config, workdir, _MODE.value)
       run.workdir.mkdir(parents=True, exist_ok=True)
+      which = run.config.eval.get('checkpoint', 'latest')
       if _MODE.value == 'train':
         state, step = train(run)
         params = state.params
+        if which == 'best':  # evaluate the model selected by validation (official)
+          params, step = restore_params(run, 'best')
       else:
-        params, step = restore_params(run)
+        params, step = restore_params(run, which)
       signals.immediate = (f'during evaluation; the checkpoint at step {step} is complete; '
                            'rerun the same command to evaluate')
       report = evaluate_run(run, params)

@@ -20,8 +20,12 @@ import optax
 from seqpe_jax.errors import ConfigError
 
 PE_GROUP, BACKBONE_GROUP = 'seqpe_encoder', 'backbone'
-# Parameters that never get weight decay (by name): embeddings, position tables/vectors.
-_NO_DECAY_NAMES = ('embed', 'embedding', 'table', 'prefix_pos', 'cls_token', 'rope_freqs')
+# AdamW decays exactly the weight matrices / conv filters: every layer names them `kernel`
+# (Dense, Conv, `layers.Linear`). Embedding tables (`embedding`, the SeqPE digit tables),
+# position tables and vectors (`table`, `prefix_pos`, `cls_token`, `rope_freqs`), norms and
+# biases are never decayed, whatever their rank — as the official trainers (timm's
+# `param_groups_weight_decay` for the ViT; text runs use no decay at all).
+DECAY_LEAF = 'kernel'
 
 
 def _path_keys(path) -> tuple[str, ...]:
@@ -32,10 +36,6 @@ def _is_box(x) -> bool:
   return isinstance(x, nn.LogicallyPartitioned)
 
 
-def _value(x):
-  return x.value if _is_box(x) else x
-
-
 def param_groups(params) -> Any:
   """'seqpe_encoder' for the SeqPE encoder's parameters, 'backbone' for the rest."""
   return jax.tree_util.tree_map_with_path(
@@ -44,17 +44,14 @@ def param_groups(params) -> Any:
 
 
 def decay_mask(params) -> Any:
-  """True where AdamW decays: matrices only (no norms, biases, embeddings, PE tables)."""
-  def decays(path, x) -> bool:
-    keys = _path_keys(path)
-    if any(any(n in k for n in _NO_DECAY_NAMES) for k in keys):
-      return False
-    return _value(x).ndim > 1
-  return jax.tree_util.tree_map_with_path(decays, params, is_leaf=_is_box)
+  """True where AdamW decays: the `kernel` leaves (see `DECAY_LEAF`)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _path_keys(path)[-1] == DECAY_LEAF, params, is_leaf=_is_box)
 
 
 def schedule(cfg: ml_collections.ConfigDict, peak: float, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0, then cosine / linear decay to `min_lr_ratio * peak`, or constant."""
+  """Linear warm-up from `warmup_init_lr` (timm's `warmup_lr_init`; 0 for HF), then cosine /
+  linear decay to `min_lr_ratio * peak`, or constant."""
   warm = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
   end = peak * float(cfg.min_lr_ratio)
   decay_steps = max(total_steps - warm, 1)
@@ -68,7 +65,8 @@ def schedule(cfg: ml_collections.ConfigDict, peak: float, total_steps: int) -> o
     raise ConfigError(f'unknown optim.schedule {cfg.schedule!r}; use cosine, linear or constant')
   if warm == 0:
     return after
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])
+  init = float(cfg.get('warmup_init_lr', 0.0))
+  return optax.join_schedules([optax.linear_schedule(init, peak, warm), after], [warm])
 
 
 def _adamw(cfg, lr: optax.Schedule, weight_decay: float, clip: float) -> optax.GradientTransformation:
@@ -87,6 +85,9 @@ def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
   total_steps = int(cfg.get('decay_steps', 0) or total_steps)
   if cfg.lr <= 0:
     raise ConfigError(f'optim.lr must be positive, got {cfg.lr}')
+  if not 0.0 <= float(cfg.get('warmup_init_lr', 0.0)) <= float(cfg.lr):
+    raise ConfigError(f'optim.warmup_init_lr must lie in [0, optim.lr={cfg.lr}], got '
+                      f'{cfg.warmup_init_lr}')
   lr = schedule(cfg, float(cfg.lr), total_steps)
   pe_lr = schedule(cfg, float(cfg.pe_lr or cfg.lr), total_steps)
   tx = optax.multi_transform(

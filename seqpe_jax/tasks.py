@@ -62,8 +62,9 @@ class Task:
   """A backbone, its position encoding and its training loss, built from a config."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, vocab_size: int = 0,
-               num_classes: int = 0, channels: int = 3):
+               num_classes: int = 0, channels: int = 3, data_parallel: int = 1):
     self.config = config
+    self.data_parallel = int(data_parallel)
     self.kind = config.task
     self.pe = PEConfig.from_config(config.pe)
     c = config.model
@@ -113,10 +114,16 @@ class Task:
       if p < max(self.train_grid):
         raise ConfigError(f'aux.max_position={p} is smaller than the training grid '
                           f'{self.train_grid}')
+    # The official samplers run once per process (GPU): `aux.counts_per_device=True` reads
+    # num_pivots / ood_items / shift_sets as per-data-parallel-device counts, as the official
+    # code; False (default) as global counts per step.
+    per = self.data_parallel if bool(a.get('counts_per_device', False)) else 1
+    num_pivots, ood_items, shift_sets = (per * int(a.num_pivots), per * int(a.ood_items),
+                                         per * int(a.shift_sets))
     use_ct = seqpe and a.contrastive_weight > 0
     use_ood = seqpe and a.ood_weight > 0
     ct = samplers.ContrastiveConfig(
-        num_pivots=int(a.num_pivots), num_candidates=int(a.num_candidates),
+        num_pivots=num_pivots, num_candidates=int(a.num_candidates),
         mode_probs=tuple(float(x) for x in a.mode_probs), hard_ratio=float(a.hard_ratio),
         window=int(a.window)) if use_ct else None
     min_off = int(a.ood_min_offset)
@@ -130,17 +137,19 @@ class Task:
     elif min_off >= 0:
       raise ConfigError('aux.ood_min_offset applies to 1-D positions only (n-D students are '
                         'shifted outside the training grid); leave it at -1')
-    ood = samplers.OODConfig(num_items=int(a.ood_items), num_points=int(a.ood_points),
+    ood = samplers.OODConfig(num_items=ood_items, num_points=int(a.ood_points),
                              min_offset=min_off if self.data_dim == 1 else None
                              ) if use_ood else None
     shift_rate = float(a.shift_rate) if seqpe else 0.0
     batch = int(self.config.train.batch_size) // max(int(self.config.train.get('grad_accum', 1)), 1)
-    if shift_rate > 0 and batch % int(a.shift_sets):
-      raise ConfigError(f'aux.shift_sets={a.shift_sets} must divide the (micro-)batch {batch}')
+    if shift_rate > 0 and batch % shift_sets:
+      what = (f'{per} x aux.shift_sets={a.shift_sets} (aux.counts_per_device)' if per > 1 else
+              f'aux.shift_sets={a.shift_sets}')
+      raise ConfigError(f'{what} must divide the (micro-)batch {batch}')
     heads = int(a.ood_heads) or self.pe.heads
     return AuxSettings(ct, ood, float(a.contrastive_weight), float(a.ood_weight),
                        int(a.weight_warmup_steps), heads, float(a.ood_beta), p, shift_rate,
-                       int(a.shift_sets))
+                       shift_sets)
 
   def _debug_nan(self, t: ml_collections.ConfigDict) -> dict[int, str]:
     """Test-only fault injection: `train.debug_nan='term@step,...'` → {step: term}."""
@@ -217,10 +226,13 @@ class Task:
       if w is None:
         return nll_BxL.mean(), {}
       return (nll_BxL * w).sum() / jnp.maximum(w.sum(), 1.0), {}
-    smoothing = float(self.config.train.get('label_smoothing', 0.0))
-    onehot = jax.nn.one_hot(batch['labels'], logits.shape[-1])
-    onehot = onehot * (1 - smoothing) + smoothing / logits.shape[-1]
-    loss = optax.softmax_cross_entropy(logits, onehot).mean()
+    if 'label_probs' in batch:  # mixup / cutmix soft targets, already label-smoothed
+      targets = batch['label_probs']
+    else:
+      smoothing = float(self.config.train.get('label_smoothing', 0.0))
+      targets = jax.nn.one_hot(batch['labels'], logits.shape[-1])
+      targets = targets * (1 - smoothing) + smoothing / logits.shape[-1]
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
     acc = (logits.argmax(-1) == batch['labels']).mean()
     return loss, {'accuracy': acc}
 

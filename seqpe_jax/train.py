@@ -19,7 +19,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax.training import train_state
 
@@ -104,8 +103,11 @@ def make_train_step(task: Task, lr_fn: Callable, grad_accum: int = 1) -> Callabl
   return train_step
 
 
-def jit_train_step(step_fn: Callable, state_shardings, batch: dict, mesh) -> Callable:
-  batch_sh = {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
+def jit_train_step(step_fn: Callable, state_shardings, mesh) -> Callable:
+  """Jits the step once: state in/out with its shardings (donated), batch split on dim 0."""
+  # One sharding as a prefix of the whole batch dict: whatever fields the data pipeline
+  # yields (e.g. mixup's soft `label_probs`), each is split over the batch axes on dim 0.
+  batch_sh = sharding.batch_sharding(mesh, 1)
   repl = sharding.replicated(mesh)
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_sh, repl),
                  out_shardings=(state_shardings, repl), donate_argnums=(0,))
@@ -230,11 +232,13 @@ def _train_loop(run: Run, ckpt: checkpoint.Checkpointer, signals: _SignalFlag, t
           f'{dict(mesh.shape)} mesh; training steps {start}..{total}', flush=True)
 
   step_fn = jit_train_step(make_train_step(task, run.lr_fn, int(t.get('grad_accum', 1))),
-                           shardings, task.dummy_batch(1), mesh)
+                           shardings, mesh)
   writer = MetricWriter(run.workdir, total_steps=total, start_step=start)
   skip = t.get('nonfinite', 'stop') == 'skip'
   units = 'tokens' if task.kind == 'lm' else 'images'
   per_step = int(t.batch_size) * (task.train_grid[0] if task.kind == 'lm' else 1)
+  eval_every = int(t.get('eval_every', 0))
+  best = checkpoint.BestCheckpoint(run.workdir) if t.get('keep_best', False) else None
   pending: tuple[int, Any] | None = None
   window: dict[str, float] = {}
   n_window, t_window = 0, time.time()
@@ -289,6 +293,14 @@ def _train_loop(run: Run, ckpt: checkpoint.Checkpointer, signals: _SignalFlag, t
           # The iterator has yielded exactly the batches of steps 1..step+1, so its saved
           # position is where the resumed run continues (the PRNG is folded by step).
           ckpt.save(step + 1, state, train_iter, force=preempt or step + 1 == total)
+        # Validation every eval_every steps and after the last one (so keep_best always has
+        # a model to offer, however short the run).
+        validate = (step + 1) % eval_every == 0 or step + 1 == total if eval_every else False
+        if validate and not preempt:
+          if pending is not None:
+            drain(pending)  # the NaN check (and its log row) come before the validation
+            pending = None
+          _validate(run, state.params, step + 1, writer, best)
         if preempt:
           ckpt.wait()  # the preemption checkpoint is committed before we exit
           raise Preempted(f'preempted ({signals.name or "preemption notice"}): checkpoint '
@@ -299,7 +311,20 @@ def _train_loop(run: Run, ckpt: checkpoint.Checkpointer, signals: _SignalFlag, t
   except BaseException:
     writer.close()
     raise
+  finally:
+    if best is not None:
+      best.close()
   return state, writer
+
+
+def _validate(run: Run, params: Any, step: int, writer: MetricWriter,
+              best: 'checkpoint.BestCheckpoint | None') -> None:
+  """Periodic validation at the training size (`train.eval_every`), logged with the step;
+  with `train.keep_best` the best model so far is kept in `<workdir>/best/`."""
+  metrics, score = evaluate.validation(run.task, params, run.mesh, run.data, run.config)
+  if best is not None and best.update(step, params, score):
+    metrics = {**metrics, 'best': 1.0}
+  writer.write(step, metrics)
 
 
 def evaluate_run(run: Run, params: Any) -> dict:
@@ -307,15 +332,24 @@ def evaluate_run(run: Run, params: Any) -> dict:
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
     if run.task.kind == 'lm':
       results = evaluate.lm_extrapolation(run.task, params, run.mesh, run.data.eval_stream,
-                                          run.config)
+                                          run.config, tokenizer=run.data.tokenizer)
     else:
       results = evaluate.vit_extrapolation(run.task, params, run.mesh, run.data.eval_batches,
                                            run.config)
   return evaluate.write_report(run.workdir, run.task, results)
 
 
-def restore_params(run: Run) -> tuple[Any, int]:
-  """The params of the newest usable checkpoint in the workdir (for evaluation alone)."""
+def restore_params(run: Run, which: str = 'latest') -> tuple[Any, int]:
+  """The params of the newest usable checkpoint in the workdir, or of the best one
+  (`which='best'`, kept by `train.keep_best`), for evaluation alone."""
+  if which == 'best':
+    best = checkpoint.BestCheckpoint(run.workdir, create=False)
+    try:
+      with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+        state, shardings = create_train_state(run.task, run.tx, run.mesh, jax.random.PRNGKey(0))
+        return best.restore(abstract_state(state.params, shardings.params))
+    finally:
+      best.close()
   if not checkpoint.has_checkpoint(run.workdir):
     raise CheckpointError(f'no checkpoint in {run.workdir / "checkpoints"}; train first '
                           '(--mode=train)')

@@ -16,13 +16,18 @@ Dtype = Any
 
 
 class Block(nn.Module):
-  """Pre-LN block: x + Drop(PEAttn(LN(x), ctx)); x + Drop(Mlp(LN(x)))."""
+  """Pre-LN block: x + DropPath(Drop(PEAttn(LN(x), ctx))); x + DropPath(Drop(Mlp(LN(x)))).
+
+  `drop_path_rate` is stochastic depth (timm's DropPath): each sample's whole residual
+  branch is dropped with that probability (and the kept ones scaled by 1/(1-rate)).
+  """
 
   num_heads: int
   injection: Injection = Injection()
   causal: bool = True
   dropout_rate: float = 0.0
   attn_dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
   ln_eps: float = 1e-5
   mlp_ratio: int = 4
   attention_impl: str = 'reference'
@@ -44,12 +49,15 @@ class Block(nn.Module):
                                                    deterministic)
     if self.last_query_only:
       x_BxLxC = x_BxLxC[:, -1:]
-    x_BxLxC = x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)
+    # Stochastic depth: one keep/drop per sample, broadcast over positions and channels.
+    # Named, so the residual dropouts keep their names (and so their random streams).
+    drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2), name='drop_path')
+    x_BxLxC = x_BxLxC + drop_path(nn.Dropout(self.dropout_rate)(h, deterministic), deterministic)
     x_BxLxC = layers.constrain(x_BxLxC, ('act_batch', 'act_len', 'act_embed'))
     h = layers.Mlp(self.mlp_ratio * x_BxLxC.shape[-1], out_init_std=self.out_init_std,
                    dtype=self.dtype, param_dtype=self.param_dtype,
                    name='mlp')(ln(name='ln_2')(x_BxLxC))
-    x_BxLxC = x_BxLxC + nn.Dropout(self.dropout_rate)(h, deterministic)
+    x_BxLxC = x_BxLxC + drop_path(nn.Dropout(self.dropout_rate)(h, deterministic), deterministic)
     return layers.constrain(x_BxLxC, ('act_batch', 'act_len', 'act_embed'))
 
 

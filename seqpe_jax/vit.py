@@ -28,6 +28,7 @@ class ViTConfig:
   mlp_ratio: int = 4
   dropout: float = 0.0
   attn_dropout: float = 0.0
+  drop_path: float = 0.0      # stochastic depth, rising linearly to this rate at the last block
   ln_eps: float = 1e-6
   dtype: str = 'float32'
   attention_impl: str = 'reference'
@@ -70,9 +71,11 @@ class ViT(nn.Module):
     self.posenc = PositionEncoder(self.pe, c.width, c.num_heads, data_dim=2, train_grid=g,
                                   num_prefix=1, causal=False, dtype=dtype)
     block = block_class(c.remat)
+    # timm: per-block rates linspace(0, drop_path, depth).
+    rates = [c.drop_path * i / max(c.num_layers - 1, 1) for i in range(c.num_layers)]
     self.blocks = [
         block(c.num_heads, injection=self.pe.injection(), causal=False, dropout_rate=c.dropout,
-              attn_dropout_rate=c.attn_dropout, ln_eps=c.ln_eps, mlp_ratio=c.mlp_ratio,
+              attn_dropout_rate=c.attn_dropout, drop_path_rate=rates[i], ln_eps=c.ln_eps, mlp_ratio=c.mlp_ratio,
               attention_impl=c.attention_impl, dtype=dtype, name=f'block_{i}')
         for i in range(c.num_layers)]
     self.ln_f = layers.LayerNorm(c.ln_eps, dtype=dtype)

@@ -1,7 +1,12 @@
-"""Every config in configs/ loads, validates and builds its model (shapes only)."""
+"""Every config in configs/ loads, builds its model, and trains + evaluates shrunk to CPU size."""
 
 import importlib
+import json
+import os
 import pathlib
+import subprocess
+import sys
+import tempfile
 
 import jax
 import pytest
@@ -10,6 +15,9 @@ from absl.testing import absltest, parameterized
 from configs import common
 from seqpe_jax import main as main_lib
 from seqpe_jax.tasks import Task, count_params
+from tests.conftest import shared_path
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
                  if p.stem not in ('__init__', 'common'))
@@ -34,12 +42,65 @@ class ConfigsTest(parameterized.TestCase):
       # GPT-2 small (tied) + the 14.78M SeqPE encoder + the shared pe_qk, at a 512 vocab.
       self.assertEqual(config.model.width, 768)
 
+  @parameterized.parameters(*[(n, a) for n in CONFIGS for a in ARGS.get(n, [None])[:1]])
+  def test_trains_and_evaluates_shrunk(self, name, arg):
+    """The shipped recipe itself, shrunk by size overrides only, runs 2 steps and evaluates."""
+    shared_path('data')
+    config = importlib.import_module(f'configs.{name}').get_config(arg)
+    overrides = _shrink(config, pathlib.Path(self.create_tempdir().full_path))
+    workdir = pathlib.Path(self.create_tempdir().full_path) / 'run'
+    cmd = [sys.executable, '-m', 'seqpe_jax.main', f'--config=configs/{name}.py',
+           f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in overrides.items())]
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu',
+           'XLA_FLAGS': ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
+                                 if 'device_count' not in f)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    report = json.loads((workdir / 'extrapolation.json').read_text())
+    metric = 'ppl' if config.task == 'lm' else 'top1'
+    self.assertTrue(report['results'])
+    self.assertTrue(all(np.isfinite(r[metric]) for r in report['results']))
+    rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    self.assertEqual(max(r['step'] for r in rows), 2)
+    self.assertTrue(all(np.isfinite(r['loss']) for r in rows if 'loss' in r))
+    if config.train.get('keep_best', False):  # validated, best model kept and evaluated
+      self.assertTrue(any(('val_ppl' in r or 'val_top1' in r) for r in rows))
+      self.assertTrue((workdir / 'best').is_dir())
+
   def test_parse_arg(self):
     a = common.parse_arg('pe=rope,steps=10,flag', pe='seqpe', steps=1, flag=False)
     self.assertEqual((a.pe, a.steps, a.flag), ('rope', 10, True))
     self.assertEqual(common.parse_arg('alibi', pe='seqpe').pe, 'alibi')
     with pytest.raises(ValueError, match='unknown config argument'):
       common.parse_arg('nope=1', pe='seqpe')
+
+
+def _shrink(config, tmp: pathlib.Path) -> dict[str, object]:
+  """CPU-size overrides: layers, widths, lengths / image sizes, batch, dataset — nothing else."""
+  a = config.aux
+  # The batch must hold the recipe's shift sets (e.g. 64 for the text recipe).
+  batch = max(4, int(a.shift_sets)) if config.pe.type == 'seqpe' else 4
+  o = {'model.num_layers': 1, 'model.width': 32, 'model.num_heads': 2,
+       'pe.seqpe.width': 16, 'pe.seqpe.heads': 2, 'train.steps': 2,
+       'train.checkpoint_every': 2, 'train.log_every': 1, 'train.batch_size': batch}
+  if config.task == 'lm':
+    o.update({'train.seq_len': 16, 'eval.lengths': '(16,32)', 'eval.max_tokens': 512,
+              'eval.batch_size': 4})
+    if config.data.name != 'wikitext-2':
+      o['data.name'] = 'wikitext-2'
+    if config.data.tokenizer == 'gpt2':  # a tiny byte-level BPE in the GPT-2 file format
+      from tests.data_tokenizers_test import write_tiny_bpe
+      vocab, merges = write_tiny_bpe(tmp)
+      o.update({'data.bpe_vocab': vocab, 'data.bpe_merges': merges})
+  else:
+    patch = int(config.model.patch_size)
+    size = 2 * patch if patch > 4 else 16
+    o.update({'train.image_size': size, 'eval.image_sizes': f'({size},{size + patch})',
+              'eval.batch_size': 8, 'data.max_train_examples': max(batch, 64),
+              'data.max_eval_examples': 16})
+    if config.data.name != 'cifar10':
+      o.update({'data.name': 'cifar10', 'data.eval_split': 'test', 'eval.splits': "('test',)"})
+  return o
 
 
 if __name__ == '__main__':

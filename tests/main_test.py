@@ -117,6 +117,19 @@ CASES = (
          "train.nonfinite must be stop or skip, got 'ignore'"),
     Case('bad_debug_nan_spec', (SMOKE, '--config.train.debug_nan=foo@1'),
          "train.debug_nan items are 'term@step'"),
+    Case('keep_best_without_validation', (SMOKE, '--config.train.keep_best=True'),
+         'train.keep_best needs train.eval_every > 0'),
+    Case('bad_eval_checkpoint', (SMOKE, '--config.eval.checkpoint=newest'),
+         "eval.checkpoint must be latest or best, got 'newest'"),
+    Case('best_checkpoint_without_keep_best', (SMOKE, '--config.eval.checkpoint=best'),
+         'eval.checkpoint=best needs train.keep_best=True'),
+    Case('negative_eval_start_position', (SMOKE, '--config.eval.start_position=-1'),
+         'eval.start_position must be >= 0, got -1'),
+    Case('eval_start_position_past_capacity', (SMOKE, '--config.eval.start_position=9990'),
+         'evaluation length 32 from eval.start_position=9990 needs position 10021, beyond the '
+         'SeqPE digit capacity'),
+    Case('bad_warmup_init_lr', (SMOKE, '--config.optim.warmup_init_lr=1.0'),
+         'optim.warmup_init_lr must lie in [0, optim.lr=0.002], got 1.0'),
 )
 
 

@@ -37,6 +37,26 @@ class OptimTest(chex.TestCase):
     self.assertFalse(mask['posenc']['seqpe_encoder']['token_embed'])
     self.assertTrue(mask['posenc']['seqpe_encoder']['block_0']['mlp']['fc']['kernel'])
 
+  def test_vit_decay_mask_is_official(self):
+    # The official ViT (timm) decays every weight matrix / conv filter, incl. the patch
+    # projection and the per-layer pe_qk, and never biases (even the [3, H, dh] qkv bias),
+    # norms, the CLS token, position tables or the SeqPE encoder's embeddings.
+    from configs import smoke
+    from seqpe_jax.tasks import Task
+    config = smoke.get_config('task=vit')
+    params = jax.eval_shape(Task(config, num_classes=10).init, jax.random.PRNGKey(0))
+    mask = {'/'.join(str(k.key) for k in path): m for path, m in
+            jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))}
+    decayed = sorted(k for k, m in mask.items() if m)
+    self.assertIn('patch_embed/kernel', decayed)
+    self.assertIn('block_0/attn/pe_qk/kernel', decayed)
+    self.assertIn('head/kernel', decayed)
+    for name in ('block_0/attn/qkv/bias', 'cls_token', 'posenc/prefix_pos',
+                 'posenc/seqpe_encoder/token_embed', 'posenc/seqpe_encoder/cls_embed',
+                 'block_0/ln_1/ln/scale'):
+      self.assertFalse(mask[name], name)
+    self.assertTrue(all(k.endswith('kernel') for k in decayed))
+
   def test_schedules(self):
     cfg = common.optim_config(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     lr = optim.schedule(cfg, 1.0, 110)

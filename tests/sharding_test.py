@@ -55,7 +55,7 @@ def _run(shape, steps=3, state=None, start=0):
     fresh = jax.device_put(jax.tree.unflatten(jax.tree.structure(fresh), jax.tree.leaves(state)),
                            shardings)
   state = fresh
-  step = train.jit_train_step(train.make_train_step(task, lr), shardings, task.dummy_batch(1), mesh)
+  step = train.jit_train_step(train.make_train_step(task, lr), shardings, mesh)
   losses = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     for i in range(start, start + steps):

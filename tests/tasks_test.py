@@ -118,6 +118,24 @@ class LossTest(chex.TestCase, parameterized.TestCase):
     with pytest.raises(ConfigError, match='unknown model option'):
       Task(config, vocab_size=64)
 
+  def test_counts_per_device_scale_with_data_parallel(self):
+    # The official samplers run per GPU: with counts_per_device the regulariser and shift
+    # counts are per data-parallel device.
+    config = smoke.get_config()
+    config.train.batch_size = 8
+    task = Task(config, vocab_size=64, data_parallel=4)
+    self.assertEqual((task.aux.contrastive.num_pivots, task.aux.ood.num_items,
+                      task.aux.shift_sets), (2, 2, 2))  # global counts: unchanged
+    config.aux.counts_per_device = True
+    task = Task(config, vocab_size=64, data_parallel=4)
+    self.assertEqual((task.aux.contrastive.num_pivots, task.aux.ood.num_items,
+                      task.aux.shift_sets), (8, 8, 8))
+    self.assertEqual(task.aux.contrastive.num_candidates, 8)  # per pivot: not scaled
+    config.aux.shift_sets = 4
+    with pytest.raises(ConfigError, match=r'4 x aux.shift_sets=4 \(aux.counts_per_device\) '
+                       r'must divide the \(micro-\)batch 8'):
+      Task(config, vocab_size=64, data_parallel=4)
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -38,7 +38,7 @@ def _setup(kind: str, **train_overrides):
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   state, shardings = train.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
   step = train.jit_train_step(train.make_train_step(task, lr, int(config.train.grad_accum)),
-                              shardings, task.dummy_batch(1), mesh)
+                              shardings, mesh)
   rng = np.random.default_rng(0)
   if kind == 'lm':
     tokens = rng.integers(0, 256, (4, 16)).astype(np.int32)
@@ -96,7 +96,7 @@ class StepTest(chex.TestCase, parameterized.TestCase):
       _, shardings = train.create_train_state(task, state.tx, mesh, jax.random.PRNGKey(0))
       lr_fn = optim.build_optimizer(config.optim, int(config.train.steps))[1]
       step = train.jit_train_step(train.make_train_step(task, lr_fn, accum), shardings,
-                                  task.dummy_batch(1), mesh)
+                                  mesh)
       with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         for _ in range(3):
           state, _ = step(state, sharding.global_batch(batch, mesh), jax.random.PRNGKey(0))

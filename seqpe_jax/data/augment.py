@@ -197,6 +197,8 @@ def _solarize_add(img: Image.Image, add: int, thresh: int = 128) -> Image.Image:
 
 
 def _posterize(img: Image.Image, bits: int) -> Image.Image:
+  if bits <= 0:  # magnitude 10: older Pillow masked every bit (black); Pillow >= 10 refuses 0
+    return img.point([0] * 256 * len(img.getbands()))
   return img if bits >= 8 else ImageOps.posterize(img, bits)
 
 
@@ -254,13 +256,14 @@ def parse_randaugment(spec: str) -> RandAugmentSpec:
     except ValueError:
       value = None
     if value is None:
-      raise ConfigError(f'cannot parse {part!r} of config.data.timm.randaugment {spec!r}; expected '
-                        "e.g. 'rand-m9-mstd0.5-inc1'")
+      raise ConfigError(f'cannot parse {part!r} of config.data.timm.randaugment {spec!r}; '
+                        "expected e.g. 'rand-m9-mstd0.5-inc1'")
     if key == 'mstd' and value > 100:  # timm: mstd > 100 means magnitude ~ U(0, m)
       value = float('inf')
     increasing = bool(value) if key == 'inc' else increasing
-    fields.update({'m': {'magnitude': value}, 'n': {'num_ops': int(value)},
-                   'mstd': {'magnitude_std': value}, 'p': {'prob': value}}.get(key, {}))
+    name = {'m': 'magnitude', 'n': 'num_ops', 'mstd': 'magnitude_std', 'p': 'prob'}.get(key)
+    if name:
+      fields[name] = int(value) if key == 'n' else value
   if not increasing:
     raise ConfigError(f'config.data.timm.randaugment {spec!r}: only the increasing op set is '
                       "implemented; add '-inc1'")

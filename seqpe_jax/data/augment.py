@@ -84,7 +84,8 @@ class AugmentConfig:
     if not 0 < self.crop_pct <= 1:
       raise ConfigError(f'config.data.timm.crop_pct must be in (0, 1], got {self.crop_pct}')
     if self.re_mode not in ('pixel', 'rand', 'const'):
-      raise ConfigError(f"config.data.timm.re_mode must be pixel, rand or const, got {self.re_mode!r}")
+      raise ConfigError('config.data.timm.re_mode must be pixel, rand or const, got '
+                        f'{self.re_mode!r}')
     if self.randaugment:
       parse_randaugment(self.randaugment)
 

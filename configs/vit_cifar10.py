@@ -64,7 +64,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'name': a.data,            # cifar10 | mnist | folder:<path> | tfds:<name>
       'cache_dir': '',
       'num_workers': 0,
-      'augment': True,           # random crop + flip (flip off for MNIST)
+      'augment': True,           # training augmentation on/off (flip off for MNIST)
+      'recipe': 'simple',        # simple (reflect-pad crop + flip) | timm (DeiT/timm ImageNet:
+                                 # RRC, RandAugment, erasing, mixup/cutmix -> 'label_probs')
+      'eval_transform': 'resize',  # resize (centre square, bilinear) | imagenet (short side
+                                   # floor(S / crop_pct) bicubic, centre crop S)
+      'timm': ml_collections.ConfigDict({  # recipe=timm only; timm/DeiT defaults
+          'randaugment': 'rand-m9-mstd0.5-inc1',  # '' = off (no colour jitter either way)
+          're_prob': 0.25,                 # random erasing, per-pixel N(0, 1) noise
+          're_mode': 'pixel',
+          'mixup_alpha': 0.8,              # 0 and cutmix_alpha 0: no mixing, no label_probs
+          'cutmix_alpha': 1.0,
+          'mixup_prob': 1.0,
+          'mixup_switch_prob': 0.5,
+          'mixup_label_smoothing': 0.1,    # inside label_probs (do not smooth them again)
+          'crop_scale': (0.08, 1.0),
+          'crop_ratio': (3 / 4, 4 / 3),
+          'hflip': 0.5,
+          'crop_pct': 0.875,               # eval_transform=imagenet: 224 / 256
+      }),
       'eval_split': 'test',      # the split of train.eval_every's validation (model selection)
       'max_train_examples': 0,   # 0: all
       'max_eval_examples': 2000, # 0: all

@@ -51,7 +51,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = common.optim_config(lr=1.2e-3, warmup_steps=20 * steps_per_epoch, weight_decay=0.05,
                                 b2=0.999, clip_norm=5.0, pe_clip_norm=5.0,
                                 min_lr_ratio=1e-5 / 1.2e-3, warmup_init_lr=1e-6)
-  c.data.update(name='tfds:imagenet2012', eval_split='validation', max_eval_examples=0)
+  # timm's recipe; label smoothing 0.1 lives inside the mixup targets (`label_probs`).
+  c.train.label_smoothing = 0.0
+  c.data.update(name='tfds:imagenet2012', eval_split='validation', max_eval_examples=0,
+                recipe='timm', eval_transform='imagenet')
   c.eval.update(image_sizes=(224, 256, 320, 384, 448, 512, 640, 672), splits=('validation',),
                 batch_size=256, checkpoint='best')
   return c

@@ -147,18 +147,83 @@ def alibi_bias(q_pos_PxL: jax.Array, k_pos_PxS: jax.Array, slopes_H: np.ndarray 
 
 # ----------------------------------------------------------------------------- resizing
 
+_TORCH_CUBIC_A = -0.75  # PyTorch's bicubic (and OpenCV's); jax.image.resize's 'cubic' uses -0.5.
+
+
+def torch_bicubic_matrix(in_size: int, out_size: int, a: float = _TORCH_CUBIC_A) -> np.ndarray:
+  """`[out, in]` float32 weights of PyTorch's `upsample_bicubic2d` along one axis.
+
+  align_corners=False: src = (dst + 0.5) * in / out - 0.5 (not clamped), taps
+  floor(src) - 1 .. floor(src) + 2 with indices clamped to [0, in - 1] (replicated
+  border), Keys cubic with A = `a`; no antialiasing (also when downsampling).
+  """
+  dst = np.arange(out_size, dtype=np.float64)
+  src = (dst + 0.5) * (in_size / out_size) - 0.5
+  i0 = np.floor(src)
+  t = src - i0
+  # Keys kernel at the four tap distances 1 + t, t, 1 - t, 2 - t.
+  near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1           # |x| <= 1
+  far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a      # 1 < |x| < 2
+  coeffs_Ox4 = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+  taps_Ox4 = np.clip(i0[:, None].astype(np.int64) + np.arange(-1, 3), 0, in_size - 1)
+  w_OxI = np.zeros((out_size, in_size), np.float64)
+  np.add.at(w_OxI, (np.repeat(np.arange(out_size), 4), taps_Ox4.ravel()), coeffs_Ox4.ravel())
+  return w_OxI.astype(np.float32)
+
+
+def torch_bicubic_resize(x_HxWxC: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """`[H, W, C]` → `[h, w, C]` as `F.interpolate(mode='bicubic', align_corners=False)`."""
+  h, w = shape
+  wh_hxH = torch_bicubic_matrix(x_HxWxC.shape[0], h)
+  ww_wxW = torch_bicubic_matrix(x_HxWxC.shape[1], w)
+  x = jnp.asarray(x_HxWxC, jnp.float32)
+  hi = jax.lax.Precision.HIGHEST  # the default TPU/GPU matmul precision would round to bf16
+  y = jnp.einsum('hH,HWC->hWC', wh_hxH, x, precision=hi)
+  y = jnp.einsum('wW,hWC->hwC', ww_wxW, y, precision=hi)
+  return y.astype(x_HxWxC.dtype)
+
+
+def torch_bicubic_resize_1d(table_LxC: jax.Array, length: int) -> jax.Array:
+  """`[L, C]` → `[length, C]` with the same kernel (a `[L, 1]` image resized to `[length, 1]`)."""
+  w_lxL = torch_bicubic_matrix(table_LxC.shape[0], length)
+  y = jnp.einsum('lL,LC->lC', w_lxL, jnp.asarray(table_LxC, jnp.float32),
+                 precision=jax.lax.Precision.HIGHEST)
+  return y.astype(table_LxC.dtype)
+
+
+def _is_torch_bicubic(method: str) -> bool:
+  return method in ('bicubic', 'cubic')
+
+
+def _jax_method(method: str) -> str:
+  """'bicubic_jax' (jax.image.resize's A = -0.5 cubic) → 'cubic'; other names pass through."""
+  return 'cubic' if method == 'bicubic_jax' else method
+
+
 def resize_table_1d(table_LxC: jax.Array, length: int, method: str = 'linear') -> jax.Array:
   """Resizes a `[L, C]` position table to `[length, C]` (half-pixel centres, as
-  `torch.nn.functional.interpolate(align_corners=False)`); identity if equal."""
+  `torch.nn.functional.interpolate(align_corners=False)`); identity if equal.
+
+  'bicubic' is PyTorch's kernel (A = -0.75); 'bicubic_jax' is jax.image's (A = -0.5).
+  """
   if table_LxC.shape[0] == length:
     return table_LxC
-  return jax.image.resize(table_LxC, (length, table_LxC.shape[1]), method=method,
+  if _is_torch_bicubic(method):
+    return torch_bicubic_resize_1d(table_LxC, length)
+  return jax.image.resize(table_LxC, (length, table_LxC.shape[1]), method=_jax_method(method),
                           antialias=False)
 
 
 def resize_grid(table_HxWxC: jax.Array, shape: tuple[int, int], method: str = 'bicubic') -> jax.Array:
-  """Resizes a `[H, W, C]` position grid to `[h, w, C]`; rectangular grids are fine."""
+  """Resizes a `[H, W, C]` position grid to `[h, w, C]`; rectangular grids are fine.
+
+  'bicubic' matches PyTorch (`F.interpolate(mode='bicubic')`, as timm/the official
+  code resize ViT position tables); 'bicubic_jax' keeps jax.image.resize's cubic;
+  'linear'/'bilinear' use jax.image.resize (same as PyTorch without antialias).
+  """
   if tuple(table_HxWxC.shape[:2]) == tuple(shape):
     return table_HxWxC
-  return jax.image.resize(table_HxWxC, (*shape, table_HxWxC.shape[-1]), method=method,
-                          antialias=False)
+  if _is_torch_bicubic(method):
+    return torch_bicubic_resize(table_HxWxC, shape)
+  return jax.image.resize(table_HxWxC, (*shape, table_HxWxC.shape[-1]),
+                          method=_jax_method(method), antialias=False)

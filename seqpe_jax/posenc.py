@@ -69,7 +69,7 @@ class PEConfig:
   temperature: float = 1.0
   mask_padding: bool = False
   # Baselines.
-  learned_resize: str = 'linear'   # 'linear' | 'bicubic' | 'none' (learned table past its size)
+  learned_resize: str = 'linear'   # 'linear' | 'bicubic' (PyTorch's) | 'bicubic_jax' | 'none'
   sinusoidal_base: float = 10000.0
   sinusoidal_scale: float | None = None  # None: 1/sqrt(width) (see README)
   rope_theta: float = 10000.0

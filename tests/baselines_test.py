@@ -105,5 +105,94 @@ class TablesTest(chex.TestCase):
                                np.broadcast_to(np.arange(3.0)[:, None], (3, 9)), atol=1e-5)
 
 
+def _torch_bicubic_loop(x_HxW, out_h, out_w, a=-0.75):
+  """A line-by-line Python port of PyTorch's `upsample_bicubic2d` (align_corners=False)."""
+  in_h, in_w = len(x_HxW), len(x_HxW[0])
+
+  def cc1(x):
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+  def cc2(x):
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+  def coeffs(t):
+    return [cc2(t + 1), cc1(t), cc1(1 - t), cc2(2 - t)]
+
+  def value(y, x):
+    return x_HxW[min(max(y, 0), in_h - 1)][min(max(x, 0), in_w - 1)]
+
+  out = [[0.0] * out_w for _ in range(out_h)]
+  for oy in range(out_h):
+    real_y = in_h / out_h * (oy + 0.5) - 0.5
+    iy = int(np.floor(real_y))
+    cy = coeffs(real_y - iy)
+    for ox in range(out_w):
+      real_x = in_w / out_w * (ox + 0.5) - 0.5
+      ix = int(np.floor(real_x))
+      cx = coeffs(real_x - ix)
+      rows = [sum(cx[k] * value(iy - 1 + j, ix - 1 + k) for k in range(4)) for j in range(4)]
+      out[oy][ox] = sum(cy[j] * rows[j] for j in range(4))
+  return np.asarray(out)
+
+
+class TorchBicubicTest(chex.TestCase, parameterized.TestCase):
+
+  def test_hand_values_1d(self):
+    # [0, 1, 0, 0] upsampled x2: each output is the Keys (A=-0.75) weight of the single
+    # 1, e.g. out[0]: src=-0.25, t=0.75, the 1 sits 1.25 away: far(1.25) = -0.10546875.
+    got = baselines.torch_bicubic_resize_1d(jnp.array([[0.], [1.], [0.], [0.]]), 8)[:, 0]
+    want = [-0.10546875, 0.26171875, 0.87890625, 0.87890625, 0.26171875, -0.10546875,
+            -0.03515625, 0.0]
+    np.testing.assert_allclose(got, want, atol=1e-7)
+    np.testing.assert_allclose(got, _torch_bicubic_loop([[0, 1, 0, 0]], 1, 8)[0], atol=1e-6)
+
+  def test_hand_values_2x2(self):
+    # 2x2 → 4x4, per axis: out1 has src=0.25, t=0.25, taps (-1, 0, 1, 2) clamped to
+    # (0, 0, 1, 1) with weights far(1.25), near(0.25), near(0.75), far(1.75) =
+    # (-0.10546875, 0.87890625, 0.26171875, -0.03515625) → (0.7734375, 0.2265625);
+    # out0 (src=-0.25) → (1.10546875, -0.10546875); the rest by symmetry.
+    w = np.array([[1.10546875, -0.10546875], [0.7734375, 0.2265625],
+                  [0.2265625, 0.7734375], [-0.10546875, 1.10546875]])
+    np.testing.assert_allclose(baselines.torch_bicubic_matrix(2, 4), w, atol=1e-7)
+    x = np.array([[1.0, 2.0], [3.0, 5.0]])
+    got = baselines.torch_bicubic_resize(jnp.asarray(x)[..., None], (4, 4))[..., 0]
+    np.testing.assert_allclose(got, w @ x @ w.T, atol=1e-5)
+    np.testing.assert_allclose(got, _torch_bicubic_loop(x.tolist(), 4, 4), atol=1e-5)
+
+  @parameterized.parameters(((5, 7), (9, 4)), ((14, 14), (24, 24)), ((16, 12), (7, 5)),
+                            ((3, 8), (3, 20)), ((6, 6), (2, 3)))
+  def test_matches_loop_reference(self, src, dst):
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(sum(src + dst)), (*src, 2)))
+    got = baselines.resize_grid(jnp.asarray(x), dst, 'bicubic')
+    chex.assert_shape(got, (*dst, 2))
+    for c in range(2):
+      np.testing.assert_allclose(got[..., c], _torch_bicubic_loop(x[..., c].tolist(), *dst),
+                                 atol=1e-5)
+
+  def test_identity_rows_sum_to_one_and_dtype(self):
+    np.testing.assert_allclose(baselines.torch_bicubic_matrix(6, 6), np.eye(6), atol=1e-7)
+    np.testing.assert_allclose(baselines.torch_bicubic_matrix(5, 13).sum(1), 1.0, atol=1e-6)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 3)).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(baselines.torch_bicubic_resize(x, (4, 6)), x)
+    self.assertEqual(baselines.resize_grid(x, (8, 12)).dtype, jnp.bfloat16)
+
+  def test_differs_from_jax_cubic(self):
+    g = jax.random.normal(jax.random.PRNGKey(3), (4, 4, 2))
+    ours = baselines.resize_grid(g, (8, 8), 'bicubic')
+    old = baselines.resize_grid(g, (8, 8), 'bicubic_jax')
+    np.testing.assert_allclose(old, jax.image.resize(g, (8, 8, 2), 'cubic', antialias=False))
+    self.assertGreater(float(jnp.abs(ours - old).max()), 1e-2)
+    t = g[:, 0]
+    np.testing.assert_allclose(baselines.resize_table_1d(t, 10, 'bicubic'),
+                               _torch_bicubic_loop(np.asarray(t).T.tolist(), 2, 10).T, atol=1e-5)
+    np.testing.assert_allclose(baselines.resize_table_1d(t, 10, 'bicubic_jax'),
+                               jax.image.resize(t, (10, 2), 'cubic', antialias=False))
+
+  def test_jits(self):
+    g = jax.random.normal(jax.random.PRNGKey(4), (3, 5, 2))
+    fn = jax.jit(lambda x: baselines.resize_grid(x, (6, 10)))
+    np.testing.assert_allclose(fn(g), baselines.torch_bicubic_resize(g, (6, 10)), atol=1e-6)
+
+
 if __name__ == '__main__':
   absltest.main()

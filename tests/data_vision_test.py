@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from seqpe_jax.data import augment
 from seqpe_jax.data import common
 from seqpe_jax.data import vision
 from seqpe_jax.errors import ConfigError, DataError
@@ -234,6 +235,65 @@ class PipelineTest(TmpDirTestCase):
     # An evenly spaced subset: class-sorted data keep all classes.
     self.assertCountEqual(np.concatenate(labels), [0, 1, 2, 4, 5, 7, 8])
 
+  def test_timm_recipe_resume_exact(self):
+    kwargs = dict(image_size=16, batch_size=4, seed=3, augment=True, recipe='timm')
+    it = vision.image_train_iter(self.rgb, **kwargs)
+    first = next(it)
+    self.assertEqual(first['images'].shape, (4, 16, 16, 3))
+    self.assertEqual((first['labels'].dtype, first['label_probs'].dtype), (np.int32, np.float32))
+    self.assertEqual(first['label_probs'].shape, (4, 10))
+    np.testing.assert_allclose(first['label_probs'].sum(1), 1.0, rtol=1e-6)
+    # 'labels' stay unmixed: a row's mass above the smoothing floor (0.01) sits on its own
+    # label and on its partner's (the reversed batch).
+    for row, lbl, partner in zip(first['label_probs'], first['labels'], first['labels'][::-1]):
+      self.assertLessEqual(set(np.flatnonzero(row > 0.0101)), {lbl, partner})
+      self.assertGreater(row[lbl], 0.0101)
+    next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    fresh = vision.image_train_iter(self.rgb, **kwargs)
+    fresh.set_state(state)
+    for want in expected:
+      got = next(fresh)
+      self.assertEqual(set(got), {'images', 'labels', 'label_probs'})
+      for k in got:
+        np.testing.assert_array_equal(got[k], want[k])
+    again = next(vision.image_train_iter(self.rgb, **kwargs))
+    np.testing.assert_array_equal(again['images'], first['images'])
+    simple = next(vision.image_train_iter(self.rgb, **{**kwargs, 'recipe': 'simple'}))
+    self.assertNotIn('label_probs', simple)
+
+  def test_timm_recipe_without_mixing_and_grey(self):
+    aug = augment.AugmentConfig(mixup_alpha=0.0, cutmix_alpha=0.0)
+    batch = next(vision.image_train_iter(self.grey, image_size=20, batch_size=8, seed=0,
+                                         augment=True, flip=False, recipe='timm', aug=aug))
+    self.assertEqual(set(batch), {'images', 'labels'})
+    self.assertEqual(batch['images'].shape, (8, 20, 20, 1))
+    # Mixing seeds depend on the batch index only: two hosts see the same lam/box.
+    hosts = [next(vision.image_train_iter(self.rgb, image_size=8, batch_size=2, seed=1,
+                                          augment=True, recipe='timm', process_index=i,
+                                          process_count=2)) for i in range(2)]
+    lam = [np.sort(h['label_probs'][0])[-1] for h in hosts]
+    self.assertAlmostEqual(lam[0], lam[1], places=6)
+
+  def test_imagenet_eval_transform(self):
+    batch = next(vision.image_eval_batches(self.rgb, image_size=24, batch_size=4,
+                                           eval_transform='imagenet'))
+    self.assertEqual(batch['images'].shape, (4, 24, 24, 3))
+    mean, std = vision.DATASET_STATS['cifar10']
+    want = augment.imagenet_eval_resize(self.rgb.images[0], 24).astype(np.float32) / 255
+    np.testing.assert_allclose(batch['images'][0], (want - mean) / np.float32(std), rtol=1e-5,
+                               atol=1e-6)
+    plain = next(vision.image_eval_batches(self.rgb, image_size=24, batch_size=4))
+    self.assertFalse(np.allclose(plain['images'], batch['images']))
+    grey = next(vision.image_eval_batches(self.grey, image_size=40, batch_size=2,
+                                          eval_transform='imagenet'))
+    self.assertEqual(grey['images'].shape, (2, 40, 40, 1))
+    self.assertOneLineError(ConfigError, lambda: next(vision.image_eval_batches(
+        self.rgb, image_size=8, batch_size=2, eval_transform='timm')), 'eval_transform')
+    self.assertOneLineError(ConfigError, lambda: vision.image_train_iter(
+        self.rgb, image_size=8, batch_size=2, seed=0, augment=True, recipe='deit'), 'recipe')
+
   def test_bad_sizes(self):
     self.assertOneLineError(ConfigError, lambda: vision.image_train_iter(
         self.rgb, image_size=0, batch_size=2, seed=0, augment=False), 'image size')
@@ -270,9 +330,28 @@ class BuildTest(TmpDirTestCase):
     self.assertEqual((data.channels, data.train_size), (3, 2))
     self.assertEqual(next(data.eval_batches('test', 64))['images'].shape, (2, 64, 64, 3))
 
+  def test_timm_recipe_and_imagenet_eval_from_config(self):
+    (self.tmp / 'cifar10').mkdir()
+    _write_tar(self.tmp / 'cifar10' / 'cifar10-jpg.tar.xz', _real_cifar_members())
+    cfg = self._cfg(name='cifar10', dir=str(self.tmp), recipe='timm', eval_transform='imagenet')
+    cfg.timm = ml_collections.ConfigDict({'re_prob': 1.0, 'crop_pct': 0.5})
+    data = vision.build_image_data(cfg, image_size=16, batch_size=2, seed=0)
+    batch = next(data.train_iter)
+    self.assertEqual(batch['label_probs'].shape, (2, 10))
+    ev = next(data.eval_batches('test', 16))  # 32 px → short side 32, crop 16 at 8.
+    src = vision.build_image_source(cfg, 'test')
+    mean, std = vision.DATASET_STATS['cifar10']
+    want = (src[0]['image'][8:24, 8:24].astype(np.float32) / 255 - mean) / np.float32(std)
+    np.testing.assert_allclose(ev['images'][0], want, rtol=1e-5, atol=1e-6)
+    cfg.timm.re_prob = 3.0
+    self.assertOneLineError(ConfigError, lambda: vision.build_image_data(
+        cfg, image_size=16, batch_size=2, seed=0), 're_prob')
+
   def test_errors(self):
     self.assertOneLineError(ConfigError, lambda: vision.build_image_data(
         self._cfg(), image_size=0, batch_size=2, seed=0), 'image size')
+    self.assertOneLineError(ConfigError, lambda: vision.build_image_data(
+        self._cfg(recipe='randaug'), image_size=8, batch_size=2, seed=0), 'recipe')
     self.assertOneLineError(ConfigError, lambda: vision.build_image_data(
         self._cfg(name='svhn', dir=str(self.tmp)), image_size=8, batch_size=2, seed=0), 'svhn')
 

@@ -5,6 +5,13 @@ resizes to `image_size`, augments with randomness drawn from (seed, record
 index) so the grain iterator state alone resumes the data exactly, and
 normalises with per-dataset mean/std. Evaluation can use any size (resolution
 extrapolation: train at 32 px, evaluate upsampled at 48, 64, ...).
+
+Training recipes (`config.data.recipe`): 'simple' (reflect-pad random crop +
+flip) or 'timm' (the official DeiT/timm ImageNet recipe of `augment.py`:
+random resized crop, flip, RandAugment, random erasing, and batch mixup/cutmix
+seeded by (seed, batch index); mixed batches also carry `label_probs`). Eval
+transforms (`config.data.eval_transform`): 'resize' (centre square + bilinear)
+or 'imagenet' (short side to S / crop_pct, bicubic, centre crop S).
 """
 
 from __future__ import annotations
@@ -25,10 +32,14 @@ import ml_collections
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from seqpe_jax.data import augment as augment_lib
 from seqpe_jax.data import common
 from seqpe_jax.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+RECIPES = ('simple', 'timm')
+EVAL_TRANSFORMS = ('resize', 'imagenet')
+_MIX_STREAM = 0x6d6978  # Separates the batch-mixing seeds from the per-record ones.
 # (mean, std) per channel of images scaled to [0, 1].
 _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DATASET_STATS = {
@@ -271,10 +282,15 @@ class Preprocess:
   std: tuple[float, ...]
   augment: bool = False
   flip: bool = True
+  eval_transform: str = 'resize'  # resize | imagenet (used without augmentation)
+  crop_pct: float = 0.875
 
   def __call__(self, record: dict, rng: np.random.Generator | None = None) -> dict:
     s = self.image_size
-    image = resize_square(np.asarray(record['image']), s)
+    if self.eval_transform == 'imagenet' and not self.augment:
+      image = augment_lib.imagenet_eval_resize(np.asarray(record['image']), s, self.crop_pct)
+    else:
+      image = resize_square(np.asarray(record['image']), s)
     if self.augment and rng is not None:
       pad = s // 8  # Random crop of a reflect-padded image (translation by ≤ s/8).
       if pad:
@@ -288,22 +304,78 @@ class Preprocess:
     return {'images': x, 'labels': np.int32(record['label'])}
 
 
-def _preprocess(source, image_size: int, augment: bool, flip: bool) -> Preprocess:
+@dataclasses.dataclass(frozen=True)
+class TimmPreprocess:
+  """Record → {'images': float32 [S, S, C], 'labels': int32} by timm's train transform."""
+
+  image_size: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  aug: augment_lib.AugmentConfig
+  flip: bool = True
+
+  def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+    x = augment_lib.timm_train_image(np.asarray(record['image']), self.image_size, rng,
+                                     self.mean, self.std, self.aug, self.flip)
+    return {'images': x, 'labels': np.int32(record['label'])}
+
+
+@dataclasses.dataclass(frozen=True)
+class MixBatch:
+  """Batch → + 'label_probs' f32 [B, K] by timm batch mixup/cutmix; grain map_with_index.
+
+  The Generator comes from (seed, batch index): the same lam and box on every host
+  (each mixes its own rows with their reverse), and resumable from the iterator state.
+  """
+
+  seed: int
+  num_classes: int
+  aug: augment_lib.AugmentConfig
+
+  def __call__(self, index: int, batch: dict) -> dict:
+    rng = np.random.default_rng([self.seed, _MIX_STREAM, index])
+    a = self.aug
+    mixed = augment_lib.mixup_cutmix(
+        batch['images'], batch['labels'], self.num_classes, rng, mixup_alpha=a.mixup_alpha,
+        cutmix_alpha=a.cutmix_alpha, prob=a.mixup_prob, switch_prob=a.mixup_switch_prob,
+        label_smoothing=a.mixup_label_smoothing)
+    return {**batch, 'images': mixed.images, 'label_probs': mixed.label_probs}
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ConfigError(f'unknown config.data.{name} {value!r}; choose one of '
+                      f'{", ".join(choices)}')
+
+
+def _preprocess(source, image_size: int, augment: bool, flip: bool,
+                eval_transform: str = 'resize', crop_pct: float = 0.875) -> Preprocess:
   if image_size < 1:
     raise ConfigError(f'image size must be positive, got {image_size}')
+  _check_choice('eval_transform', eval_transform, EVAL_TRANSFORMS)
   mean, std = dataset_stats(source.name, source.channels)
-  return Preprocess(image_size, mean, std, augment=augment, flip=flip)
+  return Preprocess(image_size, mean, std, augment=augment, flip=flip,
+                    eval_transform=eval_transform, crop_pct=crop_pct)
 
 
 def image_train_iter(source, *, image_size: int, batch_size: int, seed: int, augment: bool,
                      flip: bool = True, process_index: int = 0, process_count: int = 1,
-                     num_workers: int = 0) -> grain.DatasetIterator:
+                     num_workers: int = 0, recipe: str = 'simple',
+                     aug: augment_lib.AugmentConfig | None = None) -> grain.DatasetIterator:
   """Endless shuffled per-process batches {'images': f32 [B,S,S,C], 'labels': i32 [B]}.
 
   `random_map` seeds each record's augmentation from (seed, index), so
-  `get_state()`/`set_state()` alone resume the exact batches.
+  `get_state()`/`set_state()` alone resume the exact batches. With augment and
+  recipe='timm', `aug` (default: timm's ImageNet values) drives the transform and,
+  if it mixes, each batch also has 'label_probs' f32 [B, K] (labels stay unmixed).
   """
+  _check_choice('recipe', recipe, RECIPES)
   transform = _preprocess(source, image_size, augment, flip)
+  timm = augment and recipe == 'timm'
+  if timm:
+    aug = aug or augment_lib.AugmentConfig()
+    aug.validate()
+    transform = TimmPreprocess(image_size, transform.mean, transform.std, aug, flip)
   if batch_size < 1:
     raise ConfigError(f'batch_size must be positive, got {batch_size}')
   ds = grain.MapDataset.source(source)
@@ -314,19 +386,25 @@ def image_train_iter(source, *, image_size: int, batch_size: int, seed: int, aug
   # batch (lazy: only those records are decoded), so batches do not depend on host count.
   ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
   ds = common.process_rows(ds, batch_size, process_index, process_count)
-  return common.to_iterator(ds.batch(batch_size, drop_remainder=True), num_workers)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  if timm and aug.mixes:  # Batch index = global batch index, whatever the host count.
+    ds = ds.map_with_index(MixBatch(seed, source.num_classes, aug))
+  return common.to_iterator(ds, num_workers)
 
 
 def image_eval_batches(source, *, image_size: int, batch_size: int,
                        max_examples: int | None = None, process_index: int = 0,
-                       process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                       process_count: int = 1, eval_transform: str = 'resize',
+                       crop_pct: float = 0.875) -> Iterator[dict[str, np.ndarray]]:
   """Eval batches {'images', 'labels', 'weights'}; the last is zero-padded with weight 0.
 
   Each example (of `max_examples` evenly spaced ones, if set) is weighted once. With
   several processes each takes a strided share, and all yield the same number of
-  batches (needed to assemble global arrays).
+  batches (needed to assemble global arrays). eval_transform: 'resize' (centre
+  square, bilinear) or 'imagenet' (short side floor(S / crop_pct) bicubic, centre crop).
   """
-  transform = _preprocess(source, image_size, augment=False, flip=False)
+  transform = _preprocess(source, image_size, augment=False, flip=False,
+                          eval_transform=eval_transform, crop_pct=crop_pct)
   if batch_size < 1:
     raise ConfigError(f'batch_size must be positive, got {batch_size}')
   source = SubsetSource(source, max_examples)
@@ -390,10 +468,16 @@ def build_image_data(data_cfg: ml_collections.ConfigDict, *, image_size: int, ba
   train = SubsetSource(build_image_source(data_cfg, 'train'),
                        data_cfg.get('max_train_examples', 0) or None)
   flip = data_cfg.get('flip', train.name not in ('mnist', 'fashion_mnist'))
+  recipe = data_cfg.get('recipe', 'simple')
+  eval_transform = data_cfg.get('eval_transform', 'resize')
+  _check_choice('recipe', recipe, RECIPES)
+  _check_choice('eval_transform', eval_transform, EVAL_TRANSFORMS)
+  aug = augment_lib.AugmentConfig.from_config(data_cfg.get('timm'))
   train_iter = image_train_iter(
       train, image_size=image_size, batch_size=batch_size, seed=seed,
       augment=data_cfg.get('augment', True), flip=flip, process_index=process_index,
-      process_count=process_count, num_workers=data_cfg.get('num_workers', 0))
+      process_count=process_count, num_workers=data_cfg.get('num_workers', 0), recipe=recipe,
+      aug=aug)
   eval_sources = {}
 
   def eval_batches(split: str, size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -401,6 +485,7 @@ def build_image_data(data_cfg: ml_collections.ConfigDict, *, image_size: int, ba
       eval_sources[split] = build_image_source(data_cfg, split)
     return image_eval_batches(eval_sources[split], image_size=size, batch_size=batch_size,
                               max_examples=data_cfg.get('max_eval_examples', 0) or None,
-                              process_index=process_index, process_count=process_count)
+                              process_index=process_index, process_count=process_count,
+                              eval_transform=eval_transform, crop_pct=aug.crop_pct)
 
   return ImageData(train_iter, train.num_classes, train.channels, eval_batches, len(train))

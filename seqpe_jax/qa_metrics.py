@@ -145,7 +145,8 @@ def label_match_accuracy(predictions: Sequence[str], targets: Sequence[str],
 
 def label_chance(labels: Iterable[str], question: str = '') -> float:
   """Chance of a uniform guess among the labels not named in the question (qa1/qa2: 1/6)."""
-  labels = {x.lower() for x in labels} - {x.lower() for x in labels if x.lower() in question.lower()}
+  labels = {x.lower() for x in labels}
+  labels -= {x for x in labels if x in question.lower()}
   if not labels:
     raise ConfigError('label set is empty')
   return 1.0 / len(labels)

@@ -10,7 +10,7 @@ from absl.testing import absltest, parameterized
 import numpy as np
 
 from seqpe_jax.data import longctx as lc
-from seqpe_jax.data.tokenizers import ByteTokenizer
+from seqpe_jax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
 from seqpe_jax.errors import ConfigError, DataError
 from tests import testutil
 from tests.conftest import shared_path
@@ -92,6 +92,9 @@ class GutenbergTest(testutil.TmpDirTestCase):
     variant = ('header\n***START OF THIS PROJECT GUTENBERG EBOOK Y***\n' + body
                + 'End of the Project Gutenberg EBook of Y\nfooter')
     self.assertEqual(lc.strip_gutenberg(variant), body.strip('\n'))
+    old_footer = ('*** START OF THE PROJECT GUTENBERG EBOOK Z ***\n' + body
+                  + "\n\nEnd of Project Gutenberg's Z, by W\n\n*** END OF THE PROJECT")
+    self.assertEqual(lc.strip_gutenberg(old_footer), body.strip('\n'))
     self.assertEqual(lc.strip_gutenberg('plain text\n'), 'plain text')  # No markers.
 
   def _tar(self, books: dict) -> str:
@@ -267,6 +270,24 @@ class BabilongTest(parameterized.TestCase):
     r = lc.babilong_record(sample, BYTES, 4096, filler, seed=0, depth=0.5)
     fact_positions_ok(self, r, sample.facts)
     self.assertBetween(r['length'], 4096 - MAX_SENT - 4, 4096)
+
+
+class SentencePieceTest(testutil.TmpDirTestCase):
+
+  def test_positions_and_length(self):
+    # SentencePiece merges the joining space into the next word: checks that
+    # positions and lengths are measured in the full prompt's tokens.
+    corpus = self.tmp / 'corpus.txt'
+    filler = synthetic_filler(300)
+    corpus.write_text('\n'.join(filler.sentences + list(SAMPLE.facts)))
+    sp = SentencePieceTokenizer.train([corpus], 300, self.cache)
+    for depth in (0.0, 0.5, 1.0):
+      r = lc.babilong_record(SAMPLE, sp, 1024, filler, seed=0, depth=depth)
+      self.assertBetween(r['length'], 1024 - MAX_SENT - 4, 1024)
+      ids = sp.encode(r['input'])
+      self.assertLen(ids, r['length'])
+      for pos, fact in zip(r['fact_tokens'], SAMPLE.facts):
+        self.assertEqual(sp.decode(ids[pos:pos + 40]).strip()[:len(fact)], fact)
 
 
 class PasskeyTest(parameterized.TestCase):

@@ -43,6 +43,7 @@ GUTENBERG_TAR = 'gutenberg/books.tar.xz'
 BABI_TAR = 'babi/babi-tasks_1-20_v1-2-en.tar.xz'
 GUTENBERG_SPLITS = ('train', 'filler', 'eval')
 _SPLIT_SALT = 'seqpe-gutenberg-split:'
+_STRIP_VERSION = 2  # Bump when `strip_gutenberg` changes (cached books are keyed by it).
 
 
 class Encoder(Protocol):
@@ -53,6 +54,24 @@ class Encoder(Protocol):
 
 def _ntok(tokenizer: Encoder, text: str) -> int:
   return len(tokenizer.encode(text)) if text else 0
+
+
+def _marginal(tokenizer: Encoder, sentence: str) -> int:
+  """Tokens `sentence` adds after a space inside running text.
+
+  Encoding ' ' + sentence alone would over-count for SentencePiece (a lone
+  leading-space piece), so measure it after a word instead.
+  """
+  return _ntok(tokenizer, 'a ' + sentence) - _ntok(tokenizer, 'a')
+
+
+def _token_at(tokenizer: Encoder, text: str, char: int) -> int:
+  """Index of the token of `tokenizer.encode(text)` that holds character `char`.
+
+  The last token of encode(text[:char + 1]) holds that character; encoding
+  text[:char] instead would end in a lone space piece before a word.
+  """
+  return _ntok(tokenizer, text[:char + 1]) - 1
 
 
 # ----------------------------------------------------------------------------
@@ -70,8 +89,9 @@ def gutenberg_split(name: str) -> str:
 # '*** START OF THE PROJECT GUTENBERG EBOOK X ***', also 'THIS', 'E-BOOK', '*END*' variants.
 _START = re.compile(r'^\s*\*{3}\s*START OF (?:THE |THIS )?PROJECT GUTENBERG E-?BOOK[^\n]*$',
                     re.IGNORECASE | re.MULTILINE)
-_END = re.compile(r'^\s*(?:\*{3}\s*END OF (?:THE |THIS )?PROJECT GUTENBERG E-?BOOK'
-                  r'|END OF (?:THE |THIS )?PROJECT GUTENBERG E-?BOOK)[^\n]*$',
+# Also the older unstarred footer "End of (the) Project Gutenberg's X" / "... EBook of X".
+_END = re.compile(r'^\s*(?:\*{3}\s*)?END OF (?:THE |THIS )?PROJECT GUTENBERG'
+                  r'(?:\s*E-?BOOK|\s*ETEXT|\'S|\u2019S)[^\n]*$',
                   re.IGNORECASE | re.MULTILINE)
 
 
@@ -106,7 +126,8 @@ def _manifest(path: pathlib.Path, cache: pathlib.Path | None) -> list[str] | Non
 def _cache_dir(path: pathlib.Path, cache_dir: common.PathLike | None) -> pathlib.Path | None:
   if cache_dir is None:
     return None
-  return pathlib.Path(cache_dir) / 'gutenberg' / common.fingerprint([path])
+  # The stripping rules are part of the key: changing them must not reuse old texts.
+  return pathlib.Path(cache_dir) / 'gutenberg' / common.fingerprint([path], _STRIP_VERSION)
 
 
 def _check_split(split: str | None) -> None:
@@ -244,7 +265,7 @@ class Filler:
     key = (getattr(tokenizer, 'name', None) or id(tokenizer), i)
     if key not in self._counts:
       # With a leading space, as the sentence appears inside the joined context.
-      self._counts[key] = _ntok(tokenizer, ' ' + self.sentences[i])
+      self._counts[key] = _marginal(tokenizer, self.sentences[i])
     return self._counts[key]
 
   def take(self, tokenizer: Encoder, budget: int, rng: np.random.Generator,
@@ -427,7 +448,7 @@ def _hide(tokenizer: Encoder, *, template: str, question: str, needles: Sequence
     raise ConfigError('the prompt template needs exactly one {context}')
   pre, post = template.split('{context}')
   pre, post = pre.format(question=question), post.format(question=question)
-  fixed = _ntok(tokenizer, pre + post) + sum(_ntok(tokenizer, ' ' + s) for s in needles)
+  fixed = _ntok(tokenizer, pre + post) + sum(_marginal(tokenizer, s) for s in needles)
   if fixed > length:
     raise ConfigError(f'length {length} is shorter than the prompt and facts ({fixed} tokens)')
   fractions = [float(u) for u in rng.random(len(needles))]
@@ -460,8 +481,8 @@ def _hide(tokenizer: Encoder, *, template: str, question: str, needles: Sequence
   return {
       'input': prompt,
       'length': n,
-      'fact_tokens': [_ntok(tokenizer, prompt[:c]) for c in starts],
-      'context_tokens': [_ntok(tokenizer, pre), _ntok(tokenizer, pre + context)],
+      'fact_tokens': [_token_at(tokenizer, prompt, c) for c in starts],
+      'context_tokens': [_token_at(tokenizer, prompt, len(pre)), _ntok(tokenizer, pre + context)],
   }
 
 

@@ -453,3 +453,358 @@ def load_official_vit(model_state: Mapping[str, Any], pe_state: Mapping[str, Any
   variables = {'params': params}
   _check_tree(module, variables, jnp.zeros((1, k, k, chans), jnp.float32))
   return module, variables
+
+
+# ---------------------------------------------------------------------------- torch .pth
+
+_TORCH_STORAGES = {
+    'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
+    'BFloat16Storage': 'bfloat16', 'LongStorage': np.int64, 'IntStorage': np.int32,
+    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
+    'BoolStorage': np.bool_}
+
+
+class _StorageType:
+  """Stands in for `torch.<X>Storage` in a pickle: only carries the numpy dtype."""
+
+  def __init__(self, name: str):
+    self.name = name
+    dtype = _TORCH_STORAGES[name]
+    if dtype == 'bfloat16':
+      import ml_dtypes  # pylint: disable=g-import-not-at-top  # ships with jax
+      dtype = ml_dtypes.bfloat16
+    self.dtype = np.dtype(dtype)
+
+
+class _SkippedConfig(dict):
+  """Stands in for a pickled yacs `CfgNode`: keeps its plain items, runs no code."""
+
+  def __setstate__(self, state: Any) -> None:
+    if isinstance(state, dict):
+      self.update({k: v for k, v in state.items() if not str(k).startswith('_')})
+
+
+def _rebuild_tensor_v2(storage: np.ndarray, offset: int, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None) -> np.ndarray:
+  del requires_grad, backward_hooks, metadata
+  size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+  if size and (min(size) == 0):
+    return np.zeros(size, storage.dtype)
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+  if offset < 0 or last >= storage.size:
+    raise CheckpointError(f'a tensor of shape {size} reaches past its storage '
+                          f'({storage.size} elements): corrupt checkpoint')
+  view = np.lib.stride_tricks.as_strided(storage[offset:], size,
+                                         tuple(s * storage.itemsize for s in stride))
+  return np.array(view)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+  del requires_grad, backward_hooks
+  return data
+
+
+try:
+  from numpy._core.multiarray import scalar as _np_scalar  # pylint: disable=g-import-not-at-top
+except ImportError:  # numpy < 2
+  from numpy.core.multiarray import scalar as _np_scalar  # pylint: disable=g-import-not-at-top
+
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
+    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('yacs.config', 'CfgNode'): _SkippedConfig,
+    ('numpy.core.multiarray', 'scalar'): _np_scalar,  # numpy scalars (e.g. max_accuracy)
+    ('numpy._core.multiarray', 'scalar'): _np_scalar,
+    ('numpy', 'dtype'): np.dtype,
+    ('builtins', 'set'): set, ('builtins', 'frozenset'): frozenset,
+}
+_SAFE_GLOBALS.update({('torch', name): _StorageType(name) for name in _TORCH_STORAGES})
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+  """Unpickles tensors (as numpy) and plain containers; every other global is refused.
+
+  `storages(key, dtype, numel)` supplies the raw storages of a torch zip archive.
+  Never use `pickle.load` on a downloaded checkpoint: a pickle can run any code.
+  """
+
+  def __init__(self, file, storages=None, source: str = 'checkpoint'):
+    super().__init__(file)
+    self._storages = storages
+    self._source = source
+
+  def find_class(self, module: str, name: str) -> Any:
+    module = {'__builtin__': 'builtins'}.get(module, module)  # protocol-2 spelling
+    found = _SAFE_GLOBALS.get((module, name))
+    if found is None:
+      raise CheckpointError(f'refusing to unpickle the global {module}.{name} from '
+                            f'{self._source}: only tensors and plain containers are loaded')
+    return found
+
+  def persistent_load(self, pid: Any) -> Any:
+    if (self._storages is None or not isinstance(pid, tuple) or len(pid) != 5
+        or pid[0] != 'storage' or not isinstance(pid[1], _StorageType)):
+      raise CheckpointError(f'refusing the persistent object {str(pid)[:60]!r} in '
+                            f'{self._source}: only torch tensor storages are loaded')
+    _, stype, key, _, numel = pid
+    return self._storages(str(key), stype.dtype, int(numel))
+
+
+def load_torch_checkpoint(path: str | pathlib.Path) -> Any:
+  """Reads a torch zip-format `.pth` (`torch.save` since 1.6) without torch.
+
+  Tensors come back as numpy arrays, a yacs `CfgNode` as a plain dict; any other
+  object is refused (`CheckpointError` naming its global).
+  """
+  path = pathlib.Path(path)
+  if not zipfile.is_zipfile(path):
+    # Not torch's zip layout: still never unpickled without the allowlist, so a
+    # malicious plain pickle is refused by name.
+    with path.open('rb') as f:
+      obj = RestrictedUnpickler(f, None, str(path)).load()
+    raise CheckpointError(f'{path} is not a torch zip checkpoint (legacy torch<1.6 format or a '
+                          f'plain pickle of {type(obj).__name__}); re-save it with torch.save')
+  with zipfile.ZipFile(path) as z:
+    pkls = [n for n in z.namelist() if n.endswith('/data.pkl') or n == 'data.pkl']
+    if len(pkls) != 1:
+      raise CheckpointError(f'{path} holds {len(pkls)} data.pkl entries, expected 1')
+    root = pkls[0][:-len('data.pkl')]
+    names = set(z.namelist())
+    if f'{root}byteorder' in names and z.read(f'{root}byteorder').strip() != b'little':
+      raise CheckpointError(f'{path} stores big-endian tensors; not supported')
+
+    def storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+      name = f'{root}data/{key}'
+      if name not in names:
+        raise CheckpointError(f'{path} lacks the tensor storage {name}')
+      raw = z.read(name)
+      if len(raw) < numel * dtype.itemsize:
+        raise CheckpointError(f'{path}: storage {name} has {len(raw)} bytes, expected '
+                              f'{numel * dtype.itemsize} (truncated?)')
+      return np.frombuffer(raw, dtype=dtype, count=numel)
+
+    with z.open(pkls[0]) as f:
+      return RestrictedUnpickler(f, storage, str(path)).load()
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def _read_json(path: pathlib.Path, what: str) -> dict:
+  if not path.is_file():
+    raise CheckpointError(f'{what} not found: {path}')
+  text = path.read_text()
+  try:
+    out = json.loads(text)
+  except ValueError:
+    try:  # yacs `dump()` writes YAML
+      import yaml  # pylint: disable=g-import-not-at-top
+      out = yaml.safe_load(text)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'{what} {path} is neither JSON nor YAML ({str(e)[:80]})') from None
+  if not isinstance(out, dict):
+    raise CheckpointError(f'{what} {path} does not hold a mapping')
+  return out
+
+
+def _flatten_pe(cfg: Mapping[str, Any]) -> dict:
+  """The PE keys, top level or under a `PE`/`MODEL` group."""
+  flat = dict(cfg)
+  for group in ('PE', 'MODEL'):
+    sub = cfg.get(group)
+    if isinstance(sub, Mapping):
+      flat.update({k: v for k, v in sub.items() if k.startswith(('PE_', 'SEQPE_', 'USE_PE'))
+                   and k not in flat})
+  return flat
+
+
+def read_official(official: str | pathlib.Path, task: str, *, pe_config: str = '',
+                  model_config: str = '') -> tuple[dict, dict, dict, dict]:
+  """`(model_state, pe_state, pe_config, model_config)` from an official run directory."""
+  d = pathlib.Path(official)
+  if not d.is_dir():
+    raise CheckpointError(f'--official={d} is not a directory')
+  if task == 'lm':
+    try:
+      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise CheckpointError('reading .safetensors needs the safetensors package '
+                            '(pip install -r requirements.txt)') from None
+    states = []
+    for name in ('model.safetensors', 'model_1.safetensors'):
+      if not (d / name).is_file():
+        raise CheckpointError(f'{d / name} not found (the accelerate save_state layout: '
+                              'model.safetensors = GPT-2, model_1.safetensors = SeqPE)')
+      try:
+        states.append(load_file(str(d / name)))
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(f'{d / name} is not a readable safetensors file '
+                              f'({str(e)[:100]})') from None
+    pe_cfg = _read_json(pathlib.Path(pe_config) if pe_config else d / 'pe_config.json',
+                        'PE config')
+    model_cfg = _read_json(pathlib.Path(model_config) if model_config else d / 'config.json',
+                           'GPT-2 config (a Hugging Face config.json; pass --model_config)')
+    return states[0], states[1], _flatten_pe(pe_cfg), model_cfg
+  path = d / 'best_model.pth'
+  ckpt = load_torch_checkpoint(path)
+  if not isinstance(ckpt, Mapping) or 'model' not in ckpt or 'pe_model' not in ckpt:
+    raise CheckpointError(f'{path} has no "model" and "pe_model" entries')
+  if pe_config or (d / 'pe_config.json').is_file():
+    pe_cfg = _read_json(pathlib.Path(pe_config) if pe_config else d / 'pe_config.json',
+                        'PE config')
+  elif isinstance(ckpt.get('config'), Mapping):
+    pe_cfg = dict(ckpt['config'])  # the pickled yacs config's plain items
+  else:
+    raise CheckpointError(f'no PE config: put pe_config.json in {d} or pass --pe_config')
+  model_cfg = _read_json(pathlib.Path(model_config) if model_config else d / 'vit_config.json',
+                         'ViT sizes (timm: patch_size, embed_dim, depth, num_heads, '
+                         'num_classes, img_size; pass --model_config)')
+  return dict(ckpt['model']), dict(ckpt['pe_model']), _flatten_pe(pe_cfg), model_cfg
+
+
+def _seqpe_section(pe) -> dict:
+  names = ('apply', 'pe_qk', 'multi_head', 'scalar_scale', 'scalar_form', 'max_digits', 'width',
+           'heads', 'layers', 'out_dim', 'causal', 'dropout', 'attn_dropout', 'final_ln',
+           'temperature', 'mask_padding')
+  return {n: getattr(pe, n) for n in names}
+
+
+def run_config(task: str, module, pe_config: Mapping[str, Any], *, image_size: int = 0):
+  """A full run config (defaults of configs/lm_wikitext2.py or vit_cifar10.py) for `module`."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  if str(root) not in sys.path:
+    sys.path.append(str(root))
+  from configs import common, lm_wikitext2, vit_cifar10  # pylint: disable=g-import-not-at-top
+  cfg, pe = module.cfg, module.pe
+  capacity = 10 ** pe.max_digits
+  max_pos = int(pe_config.get('PE_MAX_POSITION') or capacity)
+  if task == 'lm':
+    c = lm_wikitext2.get_config()
+    c.model.update(num_layers=cfg.num_layers, width=cfg.width, num_heads=cfg.num_heads,
+                   mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
+                   tie_embeddings=cfg.tie_embeddings, ln_eps=cfg.ln_eps,
+                   gelu_approximate=cfg.gelu_approximate)
+    if cfg.vocab_size != 256:  # the bytes tokenizer has 256 ids
+      c.data.update(tokenizer='sentencepiece', vocab_size=cfg.vocab_size)
+  else:
+    c = vit_cifar10.get_config(f'size={image_size}')
+    c.model.update(patch_size=cfg.patch_size, num_layers=cfg.num_layers, width=cfg.width,
+                   num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
+                   attn_dropout=cfg.attn_dropout, ln_eps=cfg.ln_eps,
+                   gelu_approximate=cfg.gelu_approximate)
+    max_pos = math.isqrt(max_pos)  # the official 2-D range is per axis: sqrt(PE_MAX_POSITION)
+  c.pe = common.pe_config('seqpe', **_seqpe_section(pe))
+  c.aux.max_position = min(max_pos, capacity)
+  return c
+
+
+def _apply_override(c, item: str) -> None:
+  key, eq, raw = item.partition('=')
+  if not eq:
+    raise ConfigError(f'--override={item!r} must be key=value, e.g. data.name=wikitext-103')
+  node, parts = c, key.split('.')
+  for part in parts[:-1]:
+    if part not in node:
+      raise ConfigError(f'--override: unknown config key {key}')
+    node = node[part]
+  if parts[-1] not in node:
+    raise ConfigError(f'--override: unknown config key {key}')
+  old = node[parts[-1]]
+  if isinstance(old, bool):
+    value: Any = raw.lower() in ('1', 'true', 'yes')
+  elif isinstance(old, (int, float, str)):
+    value = type(old)(raw)
+  else:
+    import ast  # pylint: disable=g-import-not-at-top
+    value = ast.literal_eval(raw)
+  node[parts[-1]] = value
+
+
+def convert(official: str, task: str, workdir: str, *, overrides: tuple[str, ...] = (),
+            pe_config: str = '', model_config: str = '') -> pathlib.Path:
+  """Converts an official run directory into a new run directory of ours.
+
+  Writes `<workdir>/checkpoints/0` (orbax: params + fresh optimizer state, as
+  `train.create_train_state` makes them) and `<workdir>/config.json`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from seqpe_jax import checkpoint, optim, sharding  # pylint: disable=g-import-not-at-top
+  from seqpe_jax.tasks import Task  # pylint: disable=g-import-not-at-top
+  from seqpe_jax.train import create_train_state  # pylint: disable=g-import-not-at-top
+  if task not in ('lm', 'vit'):
+    raise ConfigError(f'--task={task!r}: use lm or vit')
+  out = pathlib.Path(workdir)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise CheckpointError(f'--workdir={out} exists and is not empty; give a new run directory')
+  model_state, pe_state, pe_cfg, model_cfg = read_official(
+      official, task, pe_config=pe_config, model_config=model_config)
+  if task == 'lm':
+    module, variables = load_official_gpt2(model_state, pe_state, pe_config=pe_cfg,
+                                           gpt2_config=model_cfg)
+    config = run_config(task, module, pe_cfg)
+  else:
+    module, variables = load_official_vit(model_state, pe_state, pe_config=pe_cfg,
+                                          vit_config=model_cfg)
+    _, size, chans, _ = official_vit_config(model_cfg)
+    config = run_config(task, module, pe_cfg, image_size=size)
+  for item in overrides:
+    _apply_override(config, item)
+  if task == 'lm':
+    run_task = Task(config, vocab_size=module.cfg.vocab_size)
+  else:
+    run_task = Task(config, num_classes=module.cfg.num_classes, channels=chans)
+  if run_task.model.cfg != module.cfg or run_task.model.pe != module.pe:
+    raise ConfigError('--override changed the model or PE settings; only data, train, eval, '
+                      'optim and aux settings may be overridden')
+  mesh = sharding.make_mesh(config.mesh)
+  tx, _ = optim.build_optimizer(config.optim, int(config.train.steps))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    state, shardings = create_train_state(run_task, tx, mesh, jax.random.PRNGKey(0))
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), state.params)
+    got = jax.tree.map(lambda x: (np.shape(x), np.dtype(np.float32)), variables['params'])
+    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+      raise CheckpointError('the converted parameters do not fit the run config (converter bug)')
+    params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s),
+                          variables['params'], shardings.params)
+    state = state.replace(params=params)
+  out.mkdir(parents=True, exist_ok=True)
+  ckpt = checkpoint.Checkpointer(out, every=1, keep=1, async_save=False)
+  try:
+    ckpt.save(0, state, None, force=True)
+    ckpt.wait()
+  finally:
+    ckpt.close_quietly()
+  checkpoint.write_config(out, config)
+  return out
+
+
+def _main() -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  from seqpe_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  ap = argparse.ArgumentParser(
+      prog='python -m seqpe_jax.convert',
+      description='Convert an official SeqPE checkpoint (GPT-2 or ViT) into a run directory.')
+  ap.add_argument('--official', required=True, help='official run directory')
+  ap.add_argument('--task', required=True, choices=('lm', 'vit'))
+  ap.add_argument('--workdir', required=True, help='new run directory to write')
+  ap.add_argument('--pe_config', default='', help='PE config (default <official>/pe_config.json)')
+  ap.add_argument('--model_config', default='',
+                  help='GPT-2 HF config.json / ViT sizes json (default <official>/config.json '
+                       'for lm, <official>/vit_config.json for vit)')
+  ap.add_argument('--override', action='append', default=[],
+                  help='key=value of the written config, e.g. data.name=wikitext-103 (repeat)')
+  a = ap.parse_args()
+  try:
+    out = convert(a.official, a.task, a.workdir, overrides=tuple(a.override),
+                  pe_config=a.pe_config, model_config=a.model_config)
+  except UserError as e:
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  print(f'wrote {out}/checkpoints/0 and {out}/config.json; evaluate with\n'
+        f'  python -m seqpe_jax.main --config=configs/from_workdir.py:{out} --workdir={out} '
+        '--mode=eval', flush=True)
+
+
+if __name__ == '__main__':
+  _main()

@@ -754,7 +754,8 @@ def convert(official: str, task: str, workdir: str, *, overrides: tuple[str, ...
     run_task = Task(config, vocab_size=module.cfg.vocab_size)
   else:
     run_task = Task(config, num_classes=module.cfg.num_classes, channels=chans)
-  if run_task.model.cfg != module.cfg or run_task.model.pe != module.pe:
+  if (run_task.model.cfg != module.cfg or run_task.pe.type != 'seqpe'
+      or _seqpe_section(run_task.pe) != _seqpe_section(module.pe)):
     raise ConfigError('--override changed the model or PE settings; only data, train, eval, '
                       'optim and aux settings may be overridden')
   mesh = sharding.make_mesh(config.mesh)

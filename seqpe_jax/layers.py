@@ -106,7 +106,7 @@ class LayerNorm(nn.Module):
 
 
 class Mlp(nn.Module):
-  """GPT-2 MLP: Dense(C→F) → gelu (tanh approximation; exact erf if not approximate) → Dense(F→C)."""
+  """GPT-2 MLP: Dense(C→F) → gelu (tanh approximation, or exact erf) → Dense(F→C)."""
 
   hidden: int
   gelu_approximate: bool = True  # False: exact erf GELU (timm ViT, torch nn.GELU)

@@ -25,6 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'width': 128,
       'num_heads': 4,
       'mlp_ratio': 4,
+      'gelu_approximate': True,  # MLP gelu: tanh approximation (GPT-2 gelu_new) | False: exact erf
+      'ln_eps': 1e-5,            # LayerNorm epsilon (GPT-2: 1e-5)
       'dropout': 0.0,            # embedding/residual dropout
       'attn_dropout': 0.0,       # attention-probability dropout
       'tie_embeddings': False,   # tie input and output embeddings

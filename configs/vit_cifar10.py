@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'width': 128,
       'num_heads': 4,
       'mlp_ratio': 4,
+      'gelu_approximate': True,  # MLP gelu: tanh approximation | False: exact erf (timm ViT)
       'dropout': 0.0,
       'attn_dropout': 0.0,
       'ln_eps': 1e-6,

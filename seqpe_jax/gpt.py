@@ -23,6 +23,7 @@ class GPTConfig:
   width: int = 128
   num_heads: int = 4
   mlp_ratio: int = 4
+  gelu_approximate: bool = True  # MLP gelu: tanh approximation (GPT-2) or exact erf (False)
   dropout: float = 0.0        # embedding / residual dropout
   attn_dropout: float = 0.0   # attention-probability dropout (reference attention only)
   tie_embeddings: bool = True
@@ -55,6 +56,7 @@ class GPT(nn.Module):
     self.blocks = [
         block(c.num_heads, injection=self.pe.injection(), causal=True, dropout_rate=c.dropout,
               attn_dropout_rate=c.attn_dropout, ln_eps=c.ln_eps, mlp_ratio=c.mlp_ratio,
+              gelu_approximate=c.gelu_approximate,
               attention_impl=c.attention_impl,
               out_init_std=0.02 / (2 * c.num_layers) ** 0.5,  # GPT-2 residual scaling
               dtype=dtype, name=f'block_{i}')

@@ -106,9 +106,10 @@ class LayerNorm(nn.Module):
 
 
 class Mlp(nn.Module):
-  """GPT-2 MLP: Dense(C→F) → gelu(tanh) → Dense(F→C)."""
+  """GPT-2 MLP: Dense(C→F) → gelu (tanh approximation, or exact erf) → Dense(F→C)."""
 
   hidden: int
+  gelu_approximate: bool = True  # False: exact erf GELU (timm ViT, torch nn.GELU)
   init_std: float = 0.02
   out_init_std: float = 0.02
   dtype: Dtype = jnp.float32
@@ -122,7 +123,7 @@ class Mlp(nn.Module):
         kernel_init=partitioned(normal(self.init_std), ('embed', 'mlp')),
         bias_init=partitioned(nn.initializers.zeros, ('mlp',)), name='fc')(x_BxLxC)
     h_BxLxF = constrain(h_BxLxF, ('act_batch', 'act_len', 'act_mlp'))
-    h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
+    h_BxLxF = nn.gelu(h_BxLxF, approximate=self.gelu_approximate)
     return nn.Dense(
         c, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=partitioned(normal(self.out_init_std), ('mlp', 'embed')),

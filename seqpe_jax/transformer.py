@@ -30,6 +30,7 @@ class Block(nn.Module):
   drop_path_rate: float = 0.0
   ln_eps: float = 1e-5
   mlp_ratio: int = 4
+  gelu_approximate: bool = True  # False: exact erf GELU in the MLP
   attention_impl: str = 'reference'
   out_init_std: float = 0.02
   last_query_only: bool = False  # compute only the last position (the SeqPE encoder's CLS)
@@ -54,7 +55,8 @@ class Block(nn.Module):
     drop_path = nn.Dropout(self.drop_path_rate, broadcast_dims=(1, 2), name='drop_path')
     x_BxLxC = x_BxLxC + drop_path(nn.Dropout(self.dropout_rate)(h, deterministic), deterministic)
     x_BxLxC = layers.constrain(x_BxLxC, ('act_batch', 'act_len', 'act_embed'))
-    h = layers.Mlp(self.mlp_ratio * x_BxLxC.shape[-1], out_init_std=self.out_init_std,
+    h = layers.Mlp(self.mlp_ratio * x_BxLxC.shape[-1], gelu_approximate=self.gelu_approximate,
+                   out_init_std=self.out_init_std,
                    dtype=self.dtype, param_dtype=self.param_dtype,
                    name='mlp')(ln(name='ln_2')(x_BxLxC))
     x_BxLxC = x_BxLxC + drop_path(nn.Dropout(self.dropout_rate)(h, deterministic), deterministic)

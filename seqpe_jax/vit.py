@@ -26,6 +26,7 @@ class ViTConfig:
   width: int = 128
   num_heads: int = 4
   mlp_ratio: int = 4
+  gelu_approximate: bool = True  # MLP gelu: tanh approximation (GPT-2) or exact erf (False)
   dropout: float = 0.0
   attn_dropout: float = 0.0
   drop_path: float = 0.0      # stochastic depth, rising linearly to this rate at the last block
@@ -75,7 +76,8 @@ class ViT(nn.Module):
     rates = [c.drop_path * i / max(c.num_layers - 1, 1) for i in range(c.num_layers)]
     self.blocks = [
         block(c.num_heads, injection=self.pe.injection(), causal=False, dropout_rate=c.dropout,
-              attn_dropout_rate=c.attn_dropout, drop_path_rate=rates[i], ln_eps=c.ln_eps, mlp_ratio=c.mlp_ratio,
+              attn_dropout_rate=c.attn_dropout, drop_path_rate=rates[i], ln_eps=c.ln_eps,
+              mlp_ratio=c.mlp_ratio, gelu_approximate=c.gelu_approximate,
               attention_impl=c.attention_impl, dtype=dtype, name=f'block_{i}')
         for i in range(c.num_layers)]
     self.ln_f = layers.LayerNorm(c.ln_eps, dtype=dtype)

@@ -684,7 +684,9 @@ def run_config(task: str, module, pe_config: Mapping[str, Any], *, image_size: i
                    mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
                    tie_embeddings=cfg.tie_embeddings, ln_eps=cfg.ln_eps,
                    gelu_approximate=cfg.gelu_approximate)
-    if cfg.vocab_size != 256:  # the bytes tokenizer has 256 ids
+    if cfg.vocab_size == 50257:  # the released models: GPT-2 BPE on raw WikiText-103
+      c.data.update(name='wikitext-103-raw', tokenizer='gpt2')
+    elif cfg.vocab_size != 256:  # the bytes tokenizer has 256 ids
       c.data.update(tokenizer='sentencepiece', vocab_size=cfg.vocab_size)
   else:
     c = vit_cifar10.get_config(f'size={image_size}')

@@ -81,6 +81,7 @@ class Task:
       size = int(config.train.image_size)
       self.train_grid = patch_grid((size, size), c.patch_size)
       self.channels = channels
+      self._check_soft_targets(config)
       self.model = ViT(_dataclass_from(ViTConfig, c, num_classes=num_classes), self.pe,
                        train_image_size=size)
     else:
@@ -150,6 +151,19 @@ class Task:
     return AuxSettings(ct, ood, float(a.contrastive_weight), float(a.ood_weight),
                        int(a.weight_warmup_steps), heads, float(a.ood_beta), p, shift_rate,
                        shift_sets)
+
+  @staticmethod
+  def _check_soft_targets(config: ml_collections.ConfigDict) -> None:
+    """Mixup / cutmix targets arrive smoothed (`label_probs`): a second smoothing is refused."""
+    from seqpe_jax.data import augment  # pylint: disable=g-import-not-at-top
+    d = config.data
+    if not (d.get('augment', True) and d.get('recipe', 'simple') == 'timm'):
+      return
+    mixes = augment.AugmentConfig.from_config(d.get('timm')).mixes
+    if mixes and float(config.train.get('label_smoothing', 0.0)) > 0:
+      raise ConfigError('train.label_smoothing must be 0 with data.recipe=timm and mixup / '
+                        'cutmix on: their targets already carry '
+                        'data.timm.mixup_label_smoothing')
 
   def _debug_nan(self, t: ml_collections.ConfigDict) -> dict[int, str]:
     """Test-only fault injection: `train.debug_nan='term@step,...'` → {step: term}."""

@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 import jax
+import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
 
@@ -19,8 +20,9 @@ from tests.conftest import shared_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# from_workdir.py reads a run directory's config.json (tests/convert_test.py runs it).
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
-                 if p.stem not in ('__init__', 'common'))
+                 if p.stem not in ('__init__', 'common', 'from_workdir'))
 ARGS = {'smoke': [None, 'task=vit'], 'lm_wikitext2': [None, 'pe=rope,steps=10'],
         'lm_wikitext103': [None, 'len=1024'], 'vit_imagenet': [None, 'variant=B/16,pe=rope2d'],
         'vit_cifar10': [None, 'data=mnist,size=28']}
@@ -47,8 +49,8 @@ class ConfigsTest(parameterized.TestCase):
     """The shipped recipe itself, shrunk by size overrides only, runs 2 steps and evaluates."""
     shared_path('data')
     config = importlib.import_module(f'configs.{name}').get_config(arg)
-    overrides = _shrink(config, pathlib.Path(self.create_tempdir().full_path))
-    workdir = pathlib.Path(self.create_tempdir().full_path) / 'run'
+    overrides = _shrink(config)
+    workdir = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory())) / 'run'
     cmd = [sys.executable, '-m', 'seqpe_jax.main', f'--config=configs/{name}.py',
            f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in overrides.items())]
     env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu',
@@ -75,7 +77,7 @@ class ConfigsTest(parameterized.TestCase):
       common.parse_arg('nope=1', pe='seqpe')
 
 
-def _shrink(config, tmp: pathlib.Path) -> dict[str, object]:
+def _shrink(config) -> dict[str, object]:
   """CPU-size overrides: layers, widths, lengths / image sizes, batch, dataset — nothing else."""
   a = config.aux
   # The batch must hold the recipe's shift sets (e.g. 64 for the text recipe).
@@ -84,17 +86,15 @@ def _shrink(config, tmp: pathlib.Path) -> dict[str, object]:
        'pe.seqpe.width': 16, 'pe.seqpe.heads': 2, 'train.steps': 2,
        'train.checkpoint_every': 2, 'train.log_every': 1, 'train.batch_size': batch}
   if config.task == 'lm':
-    o.update({'train.seq_len': 16, 'eval.lengths': '(16,32)', 'eval.max_tokens': 512,
-              'eval.batch_size': 4})
+    length = max(16, int(a.ood_points))  # the OOD items sample points of the training length
+    o.update({'train.seq_len': length, 'eval.lengths': f'({length},{2 * length})',
+              'eval.max_tokens': 1024, 'eval.batch_size': 4})
     if config.data.name != 'wikitext-2':
       o['data.name'] = 'wikitext-2'
-    if config.data.tokenizer == 'gpt2':  # a tiny byte-level BPE in the GPT-2 file format
-      from tests.data_tokenizers_test import write_tiny_bpe
-      vocab, merges = write_tiny_bpe(tmp)
-      o.update({'data.bpe_vocab': vocab, 'data.bpe_merges': merges})
   else:
     patch = int(config.model.patch_size)
-    size = 2 * patch if patch > 4 else 16
+    side = max(2, int(np.ceil(np.sqrt(int(a.ood_points)))))  # a grid of >= ood_points cells
+    size = side * patch
     o.update({'train.image_size': size, 'eval.image_sizes': f'({size},{size + patch})',
               'eval.batch_size': 8, 'data.max_train_examples': max(batch, 64),
               'data.max_eval_examples': 16})

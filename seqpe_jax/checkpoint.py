@@ -43,7 +43,7 @@ from seqpe_jax.errors import CheckpointError, CheckpointWriteError, one_line
 
 # Config fields that must match to resume (others, e.g. steps or LR, may change).
 STRUCTURAL = ('task', 'model', 'pe', 'train.seq_len', 'train.image_size', 'data.tokenizer',
-              'data.vocab_size', 'data.name')
+              'data.vocab_size', 'data.name', 'data.bpe_vocab', 'data.bpe_merges')
 MANIFEST = 'seqpe_manifest.json'
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 CORRUPT_DIR = 'corrupt_checkpoints'

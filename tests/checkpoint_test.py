@@ -193,5 +193,31 @@ class CompatibilityTest(absltest.TestCase):
       checkpoint.check_compatible(workdir, smoke.get_config(), True)
 
 
+class BestCheckpointTest(absltest.TestCase):
+
+  def test_keeps_the_lowest_score_across_restarts(self):
+    workdir = pathlib.Path(tempfile.mkdtemp())
+    params = lambda v: {'w': jnp.full((3,), v, jnp.float32)}
+    best = checkpoint.BestCheckpoint(workdir)
+    self.assertIsNone(best.best())
+    self.assertTrue(best.update(10, params(1.0), 5.0))
+    self.assertFalse(best.update(20, params(2.0), 6.0))  # worse: not kept
+    self.assertTrue(best.update(30, params(3.0), 4.0))
+    best.close()
+    again = checkpoint.BestCheckpoint(workdir)  # a resumed run compares with the kept best
+    self.assertEqual(again.best(), (30, 4.0))
+    self.assertFalse(again.update(40, params(4.0), 4.5))
+    restored, step = again.restore(jax.eval_shape(lambda: params(0.0)))
+    again.close()
+    self.assertEqual(step, 30)
+    np.testing.assert_array_equal(restored['w'], [3.0, 3.0, 3.0])
+    self.assertEqual(sorted(p.name for p in (workdir / 'best').iterdir() if p.name.isdigit()),
+                     ['30'])
+
+  def test_missing_best_is_a_one_line_error(self):
+    with self.assertRaisesRegex(CheckpointError, 'no best checkpoint in .*train.keep_best'):
+      checkpoint.BestCheckpoint(tempfile.mkdtemp(), create=False)
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -274,6 +274,7 @@ def cli(argv: list[str]) -> None:
   from absl import logging as absl_logging
 
   from seqpe_jax.main import _fail
+  FLAGS.unparse_flags()  # a fresh parse on every call (tests call `cli` repeatedly)
   try:
     rest = FLAGS(argv)
   except flags.Error as e:

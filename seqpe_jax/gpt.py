@@ -1,4 +1,8 @@
-"""GPT-2-style decoder LM taking explicit integer positions and any registry PE."""
+"""GPT-2-style decoder LM taking explicit integer positions and any registry PE.
+
+`GPT.extend` + `init_cache` run it incrementally with per-layer KV caches (used by
+`seqpe_jax.generate`); the training/evaluation call `GPT.__call__` is unchanged.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 cached-bias flag, sampling, EOS, and the CLI on a 2-step smoke run."""
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -41,17 +42,18 @@ VARIANTS = {
     'alibi': dict(type='alibi'),
     'alibi_before_scale': dict(type='alibi', alibi_before_scale=True),
     'nope': dict(type='nope'),
+    'seqpe_attn_scalar_xla_attention': dict(type='seqpe', attention_impl='xla'),
 }
 # Where the official flag must change cached decoding (and where it must not).
 OFFICIAL_CHANGES = ('seqpe_attn_scalar_concat', 'seqpe_attn_scalar_bias', 'alibi')
 OFFICIAL_SAME = ('rope', 'seqpe_attn_mul')
 
 
-def _model(**pe) -> GPT:
+def _model(attention_impl='reference', **pe) -> GPT:
   pe = PEConfig(**{'width': 16, 'heads': 2, 'max_digits': 3, 'dropout': 0.0, **pe})
   # An untied head: with tied embeddings a random-init GPT just repeats its last token.
-  return GPT(GPTConfig(vocab_size=V, num_layers=2, width=32, num_heads=4, tie_embeddings=False),
-             pe, train_len=TRAIN_LEN)
+  return GPT(GPTConfig(vocab_size=V, num_layers=2, width=32, num_heads=4, tie_embeddings=False,
+                       attention_impl=attention_impl), pe, train_len=TRAIN_LEN)
 
 
 def _params(model: GPT):
@@ -114,6 +116,14 @@ class ExtendTest(chex.TestCase):
     np.testing.assert_allclose(jnp.concatenate([a, b], 1), full, atol=1e-5, rtol=0)
     self.assertEqual(int(caches[0].length), 12)
     np.testing.assert_array_equal(caches[0].pos[0, :12], np.arange(12))
+
+
+  def test_remat_model_decodes_alike(self):
+    base = _model(type='seqpe')
+    remat = GPT(dataclasses.replace(base.cfg, remat=True), base.pe, train_len=TRAIN_LEN)
+    params = _params(base)
+    np.testing.assert_array_equal(gen.generate(remat, params, _prompt(), max_new_tokens=4),
+                                  gen.generate(base, params, _prompt(), max_new_tokens=4))
 
 
 class SamplingTest(chex.TestCase):

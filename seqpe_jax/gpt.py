@@ -1,4 +1,8 @@
-"""GPT-2-style decoder LM taking explicit integer positions and any registry PE."""
+"""GPT-2-style decoder LM taking explicit integer positions and any registry PE.
+
+`GPT.extend` + `init_cache` run it incrementally with per-layer KV caches (used by
+`seqpe_jax.generate`); the training/evaluation call `GPT.__call__` is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from seqpe_jax import layers
-from seqpe_jax.injection import tile_to_batch
+from seqpe_jax.injection import KVCache, tile_to_batch
 from seqpe_jax.posenc import PEConfig, PEOutput, PositionEncoder
 from seqpe_jax.transformer import block_class, dtype_of
 
@@ -45,6 +49,7 @@ class GPT(nn.Module):
   cfg: GPTConfig
   pe: PEConfig
   train_len: int = 512
+  official_cache_bias: bool = False  # cached decoding reproduces the official flaw (`extend`)
 
   def setup(self):
     c = self.cfg
@@ -53,8 +58,10 @@ class GPT(nn.Module):
     self.posenc = PositionEncoder(self.pe, c.width, c.num_heads, data_dim=1,
                                   train_grid=(self.train_len,), causal=True, dtype=dtype)
     block = block_class(c.remat)
+    injection = dataclasses.replace(self.pe.injection(),
+                                    official_cache_bias=self.official_cache_bias)
     self.blocks = [
-        block(c.num_heads, injection=self.pe.injection(), causal=True, dropout_rate=c.dropout,
+        block(c.num_heads, injection=injection, causal=True, dropout_rate=c.dropout,
               attn_dropout_rate=c.attn_dropout, ln_eps=c.ln_eps, mlp_ratio=c.mlp_ratio,
               gelu_approximate=c.gelu_approximate,
               attention_impl=c.attention_impl,
@@ -89,23 +96,54 @@ class GPT(nn.Module):
       embeddings_BxLxC: input embeddings used instead of `tok_embed(tokens)`
         (soft prompts; gradient probes in the causality test).
     """
-    b, l = tokens_BxL.shape
+    l = tokens_BxL.shape[1]
     if pe is None:
       if positions_PxL is None:
         positions_PxL = jnp.arange(l, dtype=jnp.int32)[None]
       pe = self.encode_positions(positions_PxL, aux_positions_Mxd, deterministic=deterministic)
     x_BxLxC = self.tok_embed(tokens_BxL) if embeddings_BxLxC is None else embeddings_BxLxC
-    if pe.ctx.input_embed is not None:
-      x_BxLxC = x_BxLxC + tile_to_batch(pe.ctx.input_embed, b).astype(x_BxLxC.dtype)
-    x_BxLxC = layers.constrain(self.drop(x_BxLxC, deterministic),
-                               ('act_batch', 'act_len', 'act_embed'))
+    x_BxLxC = self._embed(x_BxLxC, pe, deterministic)
     for block in self.blocks:
       x_BxLxC = block(x_BxLxC, pe.ctx, mask_BxLxL, deterministic)
+    return self._logits(x_BxLxC), pe
+
+  def extend(self, tokens_BxL: jax.Array, pe: PEOutput, caches: tuple[KVCache, ...]
+             ) -> tuple[jax.Array, tuple[KVCache, ...]]:
+    """Cached decoding: logits of L new tokens after the cached ones, and the updated caches.
+
+    `pe` holds the PE rows of the new tokens' positions only (slice them from one
+    `encode_positions` of the whole generation length); `caches` has one `KVCache`
+    per layer (`init_cache`). Deterministic (no dropout).
+    """
+    x_BxLxC = self._embed(self.tok_embed(tokens_BxL), pe, True)
+    new = []
+    for block, cache in zip(self.blocks, caches):
+      x_BxLxC, cache = block(x_BxLxC, pe.ctx, None, True, cache=cache)
+      new.append(cache)
+    return self._logits(x_BxLxC), tuple(new)
+
+  def _embed(self, x_BxLxC: jax.Array, pe: PEOutput, deterministic: bool) -> jax.Array:
+    if pe.ctx.input_embed is not None:
+      b = x_BxLxC.shape[0]
+      x_BxLxC = x_BxLxC + tile_to_batch(pe.ctx.input_embed, b).astype(x_BxLxC.dtype)
+    return layers.constrain(self.drop(x_BxLxC, deterministic),
+                            ('act_batch', 'act_len', 'act_embed'))
+
+  def _logits(self, x_BxLxC: jax.Array) -> jax.Array:
     x_BxLxC = self.ln_f(x_BxLxC)
     if self.cfg.tie_embeddings:
       logits_BxLxV = self.tok_embed.attend(x_BxLxC)
     else:
       logits_BxLxV = self.head(x_BxLxC)
-    logits_BxLxV = layers.constrain(logits_BxLxV.astype(jnp.float32),
-                                    ('act_batch', 'act_len', 'act_vocab'))
-    return logits_BxLxV, pe
+    return layers.constrain(logits_BxLxV.astype(jnp.float32),
+                            ('act_batch', 'act_len', 'act_vocab'))
+
+
+def init_cache(model: GPT, batch: int, max_len: int) -> tuple[KVCache, ...]:
+  """Empty per-layer decoding caches of `max_len` slots for `GPT.extend`."""
+  c = model.cfg
+  dh = c.width // c.num_heads
+  scalar = model.pe.type == 'seqpe' and model.pe.apply == 'attn_scalar'
+  k_dim = 2 * dh if scalar else dh
+  return tuple(KVCache.empty(batch, max_len, c.num_heads, k_dim, dh, dtype_of(c.dtype))
+               for _ in range(c.num_layers))

@@ -20,6 +20,14 @@ the position encoder (`pe_qk='single'`, text setting), one per layer
 (`'multi'`, ViT setting), or none (`PE_q = PE_k = E`). Arrays in the context
 have a leading position-set dim P that divides the batch B: sample b uses set
 `b mod P` (the official tiling).
+
+Cached decoding (`cache=`): the context holds the rows of the *new* tokens
+only; their keys go into a `KVCache` as attention sees them (rotated for
+RoPE, `k + PE_k` / `k * PE_k`, `[k; PE_k]` for attn_scalar) together with
+their positions (ALiBi), and the new queries attend to every filled slot.
+`Injection.official_cache_bias` reproduces the released code's flaw instead:
+keys cached by earlier calls see the new query's own PE_k (attn_scalar) or
+position (ALiBi), so a decode step's bias is constant over its key row.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from seqpe_jax import baselines, layers
 
@@ -51,6 +60,7 @@ class Injection:
   alibi_before_scale: bool = False  # official quirk: bias added before 1/sqrt(d_h)
   rope_mixed_theta: float = 10.0
   logit_mult: float = 1.0        # extra logit scale (YaRN's mscale**2)
+  official_cache_bias: bool = False  # cached decoding: the official constant-bias flaw
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -72,6 +82,23 @@ class PEContext:
   q_pe: jax.Array | None = None        # [P, L, D] shared pe_qk output (query half)
   k_pe: jax.Array | None = None        # [P, L, D] (key half)
   input_embed: jax.Array | None = None  # [P, L, C] added to the token embeddings
+
+
+@flax.struct.dataclass
+class KVCache:
+  """One layer's decoding cache; slots `[0, length)` are filled."""
+
+  k: jax.Array       # [B, S, H, K~] keys as attention sees them (K~ = 2 K for attn_scalar)
+  v: jax.Array       # [B, S, H, K]
+  pos: jax.Array     # int32 [B, S] key positions (ALiBi)
+  length: jax.Array  # int32 [] filled slots
+
+  @classmethod
+  def empty(cls, batch: int, max_len: int, num_heads: int, k_dim: int, v_dim: int,
+            dtype: Dtype = jnp.float32) -> 'KVCache':
+    return cls(k=jnp.zeros((batch, max_len, num_heads, k_dim), dtype),
+               v=jnp.zeros((batch, max_len, num_heads, v_dim), dtype),
+               pos=jnp.zeros((batch, max_len), jnp.int32), length=jnp.zeros((), jnp.int32))
 
 
 def tile_to_batch(x_P: jax.Array, batch: int) -> jax.Array:
@@ -126,7 +153,9 @@ class PEAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxC: jax.Array, ctx: PEContext, mask_BxLxS: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, cache: KVCache | None = None
+               ) -> jax.Array | tuple[jax.Array, KVCache]:
+    """Attention output `[B, L, C]`; with `cache`, `(output, updated cache)`."""
     b, l, c = x_BxLxC.shape
     h, inj = self.num_heads, self.injection
     dh = c // h
@@ -136,6 +165,13 @@ class PEAttention(nn.Module):
     q, k, v = (layers.constrain(qkv[:, :, i], ('act_batch', 'act_len', 'act_heads', None))
                for i in range(3))
     scale, bias = dh**-0.5 * inj.logit_mult, None
+    project = lambda o_BxLxHxK: layers.Linear(
+        (c,), ('heads', 'kv', 'embed'), n_in=2, use_bias=self.use_bias,
+        init_std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype,
+        name='out')(o_BxLxHxK)
+    if cache is not None:
+      out_BxLxHxK, cache = self._cached(q, k, v, ctx, cache, scale, mask_BxLxS)
+      return project(out_BxLxHxK), cache
 
     if inj.method in ('attn_add', 'attn_mul', 'attn_scalar'):
       q_pe, k_pe = self._pe_qk(ctx, dh)
@@ -148,20 +184,8 @@ class PEAttention(nn.Module):
         q, k = q * q_pe.astype(q.dtype), k * k_pe.astype(k.dtype)
       elif inj.scalar_form == 'concat':
         q, k = concat_scalar(q, k, q_pe, k_pe, inj.scalar_scale)
-    elif inj.method == 'rope':
-      angles = tile_to_batch(ctx.angles, b)
-      q, k = baselines.apply_rope(q, angles), baselines.apply_rope(k, angles)
-    elif inj.method == 'rope_mixed':
-      freqs = self.param(
-          'rope_freqs', layers.partitioned(
-              lambda key, shape, dtype: baselines.rope_mixed_init_freqs(
-                  key, h, dh, inj.rope_mixed_theta).astype(dtype), (None, 'heads', None)),
-          (2, h, dh // 2), self.param_dtype)
-      angles = baselines.rope_mixed_angles(ctx.positions, freqs)  # [P, L, H, K/2]
-      if ctx.rope_mask is not None:
-        angles = angles * ctx.rope_mask[..., None, None]
-      angles = tile_to_batch(angles, b)
-      q, k = baselines.apply_rope(q, angles), baselines.apply_rope(k, angles)
+    elif inj.method in ('rope', 'rope_mixed'):
+      q, k = self._rotate(q, k, ctx)
     elif inj.method == 'alibi':
       pos = ctx.positions[..., 0]
       slopes = baselines.alibi_slopes(h)
@@ -186,9 +210,84 @@ class PEAttention(nn.Module):
         q, k, v, scale=scale, bias=bias, mask=mask, implementation=self.implementation,
         dropout_rate=self.dropout_rate, dropout_rng=rng)
     out_BxLxHxK = layers.constrain(out_BxLxHxK, ('act_batch', 'act_len', 'act_heads', None))
-    return layers.Linear((c,), ('heads', 'kv', 'embed'), n_in=2, use_bias=self.use_bias,
-                         init_std=self.out_init_std, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name='out')(out_BxLxHxK)
+    return project(out_BxLxHxK)
+
+  def _rotate(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, ctx: PEContext
+              ) -> tuple[jax.Array, jax.Array]:
+    """RoPE / RoPE-Mixed rotation of q and k by the context's positions."""
+    b, _, h, dh = q_BxLxHxK.shape
+    if self.injection.method == 'rope':
+      angles = tile_to_batch(ctx.angles, b)
+    else:
+      freqs = self.param(
+          'rope_freqs', layers.partitioned(
+              lambda key, shape, dtype: baselines.rope_mixed_init_freqs(
+                  key, h, dh, self.injection.rope_mixed_theta).astype(dtype),
+              (None, 'heads', None)),
+          (2, h, dh // 2), self.param_dtype)
+      angles = baselines.rope_mixed_angles(ctx.positions, freqs)  # [P, L, H, K/2]
+      if ctx.rope_mask is not None:
+        angles = angles * ctx.rope_mask[..., None, None]
+      angles = tile_to_batch(angles, b)
+    return baselines.apply_rope(q_BxLxHxK, angles), baselines.apply_rope(k_BxLxHxK, angles)
+
+  def _cached(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
+              ctx: PEContext, cache: KVCache, scale: float,
+              mask_BxLxS: jax.Array | None) -> tuple[jax.Array, KVCache]:
+    """New queries (slots t..t+L-1, `ctx` = their PE rows) attend to cached keys 0..t+L-1."""
+    inj = self.injection
+    if not self.causal or self.last_query_only or mask_BxLxS is not None:
+      raise ValueError('cached attention is causal, without last_query_only or an extra mask')
+    b, l, h, dh = q_BxLxHxK.shape
+    q, k = q_BxLxHxK, k_BxLxHxK
+    t = cache.length
+    if ctx.positions is not None:
+      q_pos_BxL = tile_to_batch(ctx.positions[..., 0], b).astype(jnp.int32)
+    else:
+      q_pos_BxL = jnp.broadcast_to(t + jnp.arange(l, dtype=jnp.int32), (b, l))
+    q_pe = k_pe = None
+    if inj.method in ('attn_add', 'attn_mul', 'attn_scalar'):
+      q_pe, k_pe = self._pe_qk(ctx, dh)
+      q_pe, k_pe = tile_to_batch(q_pe, b), tile_to_batch(k_pe, b)
+      if inj.method == 'attn_add':
+        q, k = q + q_pe.astype(q.dtype), k + k_pe.astype(k.dtype)
+      elif inj.method == 'attn_mul':
+        q, k = q * q_pe.astype(q.dtype), k * k_pe.astype(k.dtype)
+      else:  # cache k~ = [k; PE_k] whatever the form
+        q, k = concat_scalar(q, k, q_pe, k_pe, inj.scalar_scale)
+    elif inj.method in ('rope', 'rope_mixed'):
+      q, k = self._rotate(q, k, ctx)
+    cache = cache.replace(
+        k=lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, t, 0, 0)),
+        v=lax.dynamic_update_slice(cache.v, v_BxLxHxK.astype(cache.v.dtype), (0, t, 0, 0)),
+        pos=lax.dynamic_update_slice(cache.pos, q_pos_BxL, (0, t)), length=t + l)
+    s = cache.k.shape[1]
+    slots_S = jnp.arange(s)
+    mask = (slots_S[None, :] <= t + jnp.arange(l)[:, None])[None, None]  # [1, 1, L, S]
+    old_S = slots_S < t  # keys written by earlier calls
+    k_all, bias = cache.k, None
+    if inj.method == 'attn_scalar' and (inj.scalar_form == 'bias' or inj.official_cache_bias):
+      q, k_all = q[..., :dh], cache.k[..., :dh]
+      q_pe_h = jnp.broadcast_to(q_pe, (b, l, h, dh)).astype(jnp.float32)
+      k_pe_h = cache.k[..., dh:].astype(jnp.float32)  # [B, S, H, K]
+      dots = jnp.einsum('blhk,bshk->bhls', q_pe_h, k_pe_h)
+      if inj.official_cache_bias:
+        own = jnp.einsum('blhk,blhk->bhl', q_pe_h, k[..., dh:].astype(jnp.float32))
+        dots = jnp.where(old_S, own[..., None], dots)
+      bias = inj.scalar_scale * dots * scale
+    elif inj.method == 'alibi':
+      slopes = baselines.alibi_slopes(h)
+      if inj.official_cache_bias:
+        k_pos_BxLxS = jnp.where(old_S, q_pos_BxL[:, :, None], cache.pos[:, None, :])
+        dist = q_pos_BxL[:, :, None].astype(jnp.float32) - k_pos_BxLxS.astype(jnp.float32)
+        bias = -jnp.asarray(slopes)[None, :, None, None] * dist[:, None]
+      else:
+        bias = baselines.alibi_bias(q_pos_BxL, cache.pos, slopes, causal=True)
+      if inj.alibi_before_scale:
+        bias = bias * scale
+    out_BxLxHxK = layers.dot_product_attention(
+        q, k_all, cache.v, scale=scale, bias=bias, mask=mask, implementation=self.implementation)
+    return layers.constrain(out_BxLxHxK, ('act_batch', 'act_len', 'act_heads', None)), cache
 
   def _pe_qk(self, ctx: PEContext, dh: int) -> tuple[jax.Array, jax.Array]:
     """PE_q, PE_k as `[P, L, H', K]` from the shared, per-layer or no projection."""

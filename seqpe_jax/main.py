@@ -74,7 +74,7 @@ def build_run(config, workdir: str, mode: str = 'train'):
   import jax
 
   from seqpe_jax import evaluate, optim, sharding
-  from seqpe_jax.checkpoint import check_compatible, has_checkpoint
+  from seqpe_jax.checkpoint import check_compatible, check_init_from, has_checkpoint
   from seqpe_jax.data import text, vision
   from seqpe_jax.errors import CheckpointError, ConfigError, UserError
   from seqpe_jax.tasks import Task
@@ -111,6 +111,8 @@ def build_run(config, workdir: str, mode: str = 'train'):
   if mode == 'eval' and not ckpt_exists:
     raise CheckpointError(f'no checkpoint in {path / "checkpoints"}; train first (--mode=train)')
   check_compatible(workdir, config, ckpt_exists)  # before the (slow) data loading
+  if config.get('init_from', '') and not ckpt_exists and mode == 'train':
+    check_init_from(config.init_from, config)
   local_batch = int(t.batch_size) // jax.process_count()
   seed = int(config.seed)
   pidx, pcount = jax.process_index(), jax.process_count()

@@ -226,6 +226,11 @@ def _train_loop(run: Run, ckpt: checkpoint.Checkpointer, signals: _SignalFlag, t
   if restored is not None:
     state, start = restored
     print(f'resumed from {ckpt.directory / str(start)} at step {start}', flush=True)
+  elif cfg.get('init_from', ''):  # fine-tuning: another run's params, this run's optimizer
+    params, from_step = checkpoint.restore_params_from(
+        cfg.init_from, abstract_state(state.params, shardings.params), cfg)
+    state = state.replace(params=params)
+    print(f'initialised from {cfg.init_from} (step {from_step})', flush=True)
   checkpoint.write_config(run.workdir, cfg)
   if jax.process_index() == 0:
     print(f'{task.kind} with pe={task.pe.type}: {count_params(state.params):,} parameters on a '

@@ -25,7 +25,8 @@ CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs')
                  if p.stem not in ('__init__', 'common', 'from_workdir'))
 ARGS = {'smoke': [None, 'task=vit'], 'lm_wikitext2': [None, 'pe=rope,steps=10'],
         'lm_wikitext103': [None, 'len=1024'], 'vit_imagenet': [None, 'variant=B/16,pe=rope2d'],
-        'vit_cifar10': [None, 'data=mnist,size=28']}
+        'vit_cifar10': [None, 'data=mnist,size=28'],
+        'qa_babilong': [None, 'scale=paper,source=passkey']}
 
 
 class ConfigsTest(parameterized.TestCase):
@@ -87,8 +88,11 @@ def _shrink(config) -> dict[str, object]:
        'train.checkpoint_every': 2, 'train.log_every': 1, 'train.batch_size': batch}
   if config.task == 'lm':
     length = max(16, int(a.ood_points))  # the OOD items sample points of the training length
+    if config.data.sft.source:  # QA fine-tuning: its prompts need the recipe's length
+      length = int(config.train.seq_len)
+      o['data.sft.num_examples'] = 2 * batch
     o.update({'train.seq_len': length, 'eval.lengths': f'({length},{2 * length})',
-              'eval.max_tokens': 1024, 'eval.batch_size': 4})
+              'eval.max_tokens': 4 * length, 'eval.batch_size': 4})
     if config.data.name != 'wikitext-2':
       o['data.name'] = 'wikitext-2'
   else:

@@ -141,6 +141,31 @@ class RunTest(absltest.TestCase):
     self.assertEqual(saved['train_length'], 16)
     self.assertTrue(all(np.isfinite(r['ppl']) for r in saved['results']))
 
+  def test_init_from_another_run(self):
+    shared_path('data', 'wikitext-2')
+    from seqpe_jax import checkpoint
+    from seqpe_jax.errors import CheckpointError
+    source = tempfile.mkdtemp()
+    _, state_a = _run(source, 2)
+    # A fine-tuning run starts from the source's params, with its own optimizer and data.
+    config = smoke.get_config()
+    config.update(init_from=source)
+    config.mesh.num_devices = 1
+    run = main_lib.build_run(config, tempfile.mkdtemp())
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+      state, shardings = train.create_train_state(run.task, run.tx, run.mesh,
+                                                  jax.random.PRNGKey(9))
+      params, step = checkpoint.restore_params_from(
+          source, train.abstract_state(state.params, shardings.params), config)
+    self.assertEqual(step, 2)
+    chex.assert_trees_all_equal(jax.device_get(params), jax.device_get(state_a.params))
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    state_b, _ = train.train(run)
+    self.assertEqual(int(state_b.step), int(config.train.steps))
+    config.model.width = 64  # another model: refused in one line, before anything is written
+    with self.assertRaisesRegex(CheckpointError, 'was trained with another model.width'):
+      main_lib.build_run(config, tempfile.mkdtemp())
+
 
 if __name__ == '__main__':
   absltest.main()

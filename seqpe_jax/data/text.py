@@ -371,8 +371,16 @@ def build_lm_data(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_si
                       'data.train_files / data.eval_files')
     tokenizer = build_tokenizer(data_cfg, files['train'], cache_dir)
     stream = tokenize_files(tokenizer, files['train'], cache_dir)
-  train_iter = lm_train_iter(stream, seq_len=seq_len, batch_size=batch_size, seed=seed,
-                             process_index=process_index, process_count=process_count,
-                             num_workers=data_cfg.get('num_workers', 0))
+  if data_cfg.get('sft') and data_cfg.sft.get('source', ''):
+    # Long-context QA fine-tuning: the corpus gives the tokenizer and the evaluation streams,
+    # the training batches are prompt -> answer examples (loss on the answer only).
+    from seqpe_jax.data import qa  # pylint: disable=g-import-not-at-top
+    train_iter, _ = qa.build_sft_iter(data_cfg, tokenizer, seq_len=seq_len,
+                                      batch_size=batch_size, seed=seed,
+                                      process_index=process_index, process_count=process_count)
+  else:
+    train_iter = lm_train_iter(stream, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                               process_index=process_index, process_count=process_count,
+                               num_workers=data_cfg.get('num_workers', 0))
   return LMData(tokenizer, train_iter,
                 lambda split: build_lm_eval_stream(data_cfg, split, tokenizer), len(stream))

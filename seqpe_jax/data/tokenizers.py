@@ -201,6 +201,7 @@ class GPT2BPETokenizer:
       raise DataError(f'GPT-2 BPE vocab {vocab_path} is not byte-level: {len(missing)} of the 256 '
                       f'byte symbols are missing (e.g. {missing[0]!r})')
     self.vocab_size = max(vocab.values()) + 1
+    self.eos_id = vocab.get('<|endoftext|>')  # GPT-2's document separator (50256); may be absent
     # By content, so caches keyed by the name (token streams) change with either file.
     digest = hashlib.sha256(hashlib.sha256(vocab_bytes).digest()
                             + hashlib.sha256(merges_bytes).digest()).hexdigest()

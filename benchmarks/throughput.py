@@ -589,7 +589,7 @@ def main(argv: Sequence[str]) -> dict:
         prof.batch_cpu or int(config.train.batch_size))
   adjusted = fit_batch(config, batch, dp)
   for a in adjusted:
-    print(f'--batch={batch}: {a}', flush=True)
+    print(f'batch {batch}: {a}', flush=True)
   eval_batch = fv.eval_batch or int(config.eval.batch_size)
   eval_batch = int(math.ceil(eval_batch / dp) * dp)
   steps, repeats = fv.steps or prof.steps, fv.repeats or prof.repeats

@@ -1,0 +1,106 @@
+"""benchmarks/throughput.py on the smoke config: JSON schema, ratios, --batch keeps shift_sets valid.
+
+No timing assertions: the numbers depend on the machine.
+"""
+
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location('throughput_bench',
+                                                REPO / 'benchmarks' / 'throughput.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+  spec.loader.exec_module(module)
+  return module
+
+
+bench = _load()
+
+ROW_KEYS = ('variant', 'ms_per_step', 'ms_min', 'ms_max', 'tokens_per_s', 'ratio_rope',
+            'ratio_learned', 'compile_s', 'peak_mem_bytes', 'peak_mem_source', 'eval_ms_1x',
+            'eval_ms_4x', 'eval_ratio_learned_1x', 'eval_ratio_learned_4x', 'decode_tok_s',
+            'decode_ratio_rope', 'shift_sets', 'shifted_frac')
+META_KEYS = ('date', 'device_kind', 'jax_version', 'profile', 'batch', 'length', 'steps',
+             'repeats', 'command', 'adjusted')
+
+
+class ThroughputTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
+
+  def run_bench(self, *args: str) -> dict:
+    out = self.tmp / 'throughput.json'
+    result = bench.main(['throughput.py', '--config=configs/smoke.py', '--repeats=1',
+                         '--steps=2', '--warmup=1', '--eval_steps=1',
+                         '--override=mesh.num_devices=1', f'--output={out}', *args])
+    self.assertEqual(json.loads(out.read_text()), json.loads(json.dumps(result, default=float)))
+    self.assertTrue(out.with_suffix('.md').read_text().startswith('Training step'))
+    return json.loads(out.read_text())
+
+  def test_schema_ratios_and_batch_6(self):
+    res = self.run_bench('--variants=seqpe,rope,learned', '--batch=6')
+    for key in META_KEYS:
+      self.assertIn(key, res['meta'])
+    self.assertEqual(res['meta']['batch'], 6)
+    self.assertEqual(res['meta']['adjusted'], [])  # shift_sets 2 divides 6
+    rows = {r['variant']: r for r in res['rows']}
+    self.assertEqual(list(rows), ['seqpe', 'rope', 'learned'])
+    for r in rows.values():
+      for key in ROW_KEYS:
+        self.assertIn(key, r)
+      for key in ('ms_per_step', 'tokens_per_s', 'ratio_rope', 'ratio_learned', 'eval_ms_1x',
+                  'eval_ms_4x', 'eval_ratio_learned_1x', 'eval_ratio_learned_4x'):
+        self.assertTrue(math.isfinite(r[key]) and r[key] > 0, (r['variant'], key, r[key]))
+      self.assertLessEqual(r['ms_min'], r['ms_per_step'])
+      self.assertLessEqual(r['ms_per_step'], r['ms_max'])
+      self.assertEqual(r['peak_mem_source'], 'memory_analysis')
+      self.assertGreater(r['peak_mem_bytes'], 0)
+    self.assertEqual(rows['rope']['ratio_rope'], 1.0)
+    self.assertEqual(rows['learned']['ratio_learned'], 1.0)
+    self.assertEqual(rows['learned']['eval_ratio_learned_4x'], 1.0)
+    self.assertEqual(rows['seqpe']['shift_sets'], 2)
+    if not bench.decode_available():
+      self.assertIsNone(rows['rope']['decode_tok_s'])
+      self.assertTrue(any('generate' in n for n in res['meta']['notes']))
+    else:
+      self.assertEqual(rows['rope']['decode_ratio_rope'], 1.0)
+
+  def test_batch_3_gives_shift_sets_1(self):
+    res = self.run_bench('--variants=seqpe-shift1', '--batch=3', '--noeval', '--nodecode')
+    (row,) = res['rows']
+    self.assertEqual(row['shift_sets'], 1)
+    self.assertEqual(row['shifted_frac'], 1.0)  # forced shift: every timed step shifted
+    self.assertLen(res['meta']['adjusted'], 1)
+    self.assertIn('aux.shift_sets 2 -> 1', res['meta']['adjusted'][0])
+    self.assertIsNone(row['ratio_rope'])  # no rope in the run
+    self.assertIsNone(row['eval_ms_1x'])
+
+  def test_variant_parsing_and_fit_batch(self):
+    self.assertEqual(bench.parse_variant('seqpe-noaux'),
+                     ('seqpe', '', {'aux.contrastive_weight': 0.0, 'aux.ood_weight': 0.0,
+                                    'aux.shift_rate': 0.0}))
+    self.assertEqual(bench.parse_variant('rope:fused+model.remat=True,aux.window=8'),
+                     ('rope', 'fused', {'model.remat': True, 'aux.window': 8}))
+    config = bench.load_config('configs/smoke.py')
+    config.aux.update(shift_sets=4, counts_per_device=True)
+    self.assertEqual(bench.fit_batch(config, 12, 2), ['aux.shift_sets 4 -> 2 (gcd with the '
+                                                      'batch 12 / 2 devices)'])
+    self.assertEqual((config.train.batch_size, config.aux.shift_sets), (12, 2))
+    with self.assertRaisesRegex(ValueError, 'divisible'):
+      bench.fit_batch(config, 7, 2)
+
+
+if __name__ == '__main__':
+  absltest.main()

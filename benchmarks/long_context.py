@@ -155,7 +155,8 @@ def main(argv) -> None:
     parts = [f'# Long-context evaluation\n\n`{command}`\n']
     for name, metric, r, title in specs:
       longctx_eval.write_report(output / name, r, metric=metric, train_length=train_len,
-                                title=title, meta=meta)
+                                title=title, meta=meta,
+                                vrange=None if metric == 'bpc' else (0.0, 100.0))
       parts.append((output / f'{name}.md').read_text())
     parts.insert(2, longctx_eval.markdown_tables(rows['books'], metric='bpb',
                                                  train_length=train_len,

@@ -496,13 +496,18 @@ def markdown_tables(rows: Sequence[dict], *, metric: str, group: str = 'pe', x: 
                   for d in ds]
           lines.append(f'| {v} | ' + ' | '.join(_fmt(c) for c in cell) + ' |')
         lines.append('')
+  if any(r[metric] is None for r in rows):
+    lines.append("'-': no record of that cell fits (the prompt and facts are longer than the "
+                 'length; see `skipped`).\n')
   return '\n'.join(lines)
 
 
 def plot(rows: Sequence[dict], path: common.PathLike, *, metric: str, group: str = 'pe',
          x: str = 'length', depth: str = 'depth', facet: str = 'task',
-         train_length: int | None = None, title: str = '', max_heatmaps: int = 6) -> None:
-  """`metric` vs `x` (log-x) per (facet, group); plus x × depth heat maps (`imshow`)."""
+         train_length: int | None = None, title: str = '', max_heatmaps: int = 6,
+         vrange: tuple[float, float] | None = None) -> None:
+  """`metric` vs `x` (log-x) per (facet, group); plus x × depth heat maps (`imshow`,
+  colour scale `vrange`, e.g. (0, 100) for percentages; default: the data's range)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -543,7 +548,9 @@ def plot(rows: Sequence[dict], path: common.PathLike, *, metric: str, group: str
       grid = np.array([[_mean([r[metric] for r in sub if r[x] == v and r.get(depth) == d])
                         for v in xs] for d in ds], dtype=float)  # None -> nan
       a = axes[0, k]
-      im = a.imshow(grid, aspect='auto', origin='lower', cmap='viridis', interpolation='nearest')
+      vmin, vmax = vrange if vrange else (None, None)
+      im = a.imshow(grid, aspect='auto', origin='lower', cmap='viridis', interpolation='nearest',
+                    vmin=vmin, vmax=vmax)
       a.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
       a.set_yticks(range(len(ds)), [_depth_label(d) for d in ds], fontsize=7)
       a.set_xlabel(x)
@@ -558,7 +565,7 @@ def plot(rows: Sequence[dict], path: common.PathLike, *, metric: str, group: str
 def write_report(path_prefix: common.PathLike, rows: Sequence[dict], *, metric: str,
                  group: str = 'pe', x: str = 'length', depth: str = 'depth',
                  facet: str = 'task', train_length: int | None = None, title: str = '',
-                 meta: dict | None = None) -> dict:
+                 meta: dict | None = None, vrange: tuple[float, float] | None = None) -> dict:
   """Writes `<prefix>.json` (rows + meta), `<prefix>.md` (tables) and `<prefix>.png`."""
   rows = list(rows)
   md = markdown_tables(rows, metric=metric, group=group, x=x, depth=depth, facet=facet,
@@ -570,7 +577,7 @@ def write_report(path_prefix: common.PathLike, rows: Sequence[dict], *, metric: 
   pathlib.Path(f'{prefix}.json').write_text(json.dumps(report, indent=2, default=_json_default))
   pathlib.Path(f'{prefix}.md').write_text(md)
   plot(rows, f'{prefix}.png', metric=metric, group=group, x=x, depth=depth, facet=facet,
-       train_length=train_length, title=title)
+       train_length=train_length, title=title, vrange=vrange)
   return report
 
 

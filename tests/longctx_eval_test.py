@@ -159,7 +159,8 @@ def test_report_files():
           for i, pe in enumerate(('seqpe', 'rope')) for l in (64, 128)
           for j, d in enumerate((0.0, 1.0))]
   out = pathlib.Path(tempfile.mkdtemp()) / 'sub' / 'qa'
-  report = longctx_eval.write_report(out, rows, metric='em', train_length=64, title='QA')
+  report = longctx_eval.write_report(out, rows, metric='em', train_length=64, title='QA',
+                                     vrange=(0, 100))
   saved = json.loads(pathlib.Path(f'{out}.json').read_text())
   assert saved == report and saved['rows'] == rows
   md = pathlib.Path(f'{out}.md').read_text()

@@ -110,6 +110,16 @@ def test_padded_greedy_matches_naive_loop_and_encodes_once(lm):
   assert [list(a) for a in again] == [list(b) for b in out]
 
 
+def test_cached_decoder_matches_padded(lm):
+  # Runs once seqpe_jax.generate (branch gen) is merged; skipped before.
+  pytest.importorskip('seqpe_jax.generate')
+  task, params = lm
+  prompts = [np.array([1, 2, 3, 4], np.int32), np.array([9, 8, 7, 6, 5], np.int32)]
+  cached = longctx_eval.make_greedy(task, params, decoder='cached')(prompts, 2)
+  padded = longctx_eval.make_greedy(task, params)(prompts, 2, total_len=12)
+  assert [list(a) for a in cached] == [list(b) for b in padded]
+
+
 def test_passkey_rows_counts_skips_and_determinism(lm):
   task, params = lm
   tok = ByteTokenizer()

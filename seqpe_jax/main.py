@@ -50,15 +50,21 @@ INTERRUPTED_EXIT_CODE = 130
 
 
 class _DropOrbaxErrorLogs(logging.Filter):
-  """Drops orbax's ERROR logs (with tracebacks) of a failed background checkpoint write.
+  """Drops orbax's ERROR logs (with tracebacks) of a failed background checkpoint write,
+  and its timing warning about waiting for the previous save.
 
   orbax re-raises that failure to the caller, where it becomes one
-  `CheckpointWriteError` line; its own log would repeat it as two tracebacks.
+  `CheckpointWriteError` line; its own log would repeat it as two tracebacks. The wait
+  warning appears whenever a busy machine makes an asynchronous save outlast one second:
+  not something a successful run should print.
   """
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and
-                f'{os.sep}orbax{os.sep}checkpoint{os.sep}' in record.pathname)
+    if f'{os.sep}orbax{os.sep}checkpoint{os.sep}' not in record.pathname:
+      return True
+    if record.levelno >= logging.ERROR:
+      return False
+    return 'Waiting for previous save to complete' not in record.getMessage()
 
 
 def _fail(message: str, code: int, prefix: str = 'error: ') -> None:

@@ -129,12 +129,6 @@ def main(argv) -> None:
   try:
     if not _WORKDIRS.value:
       raise ConfigError('give --workdirs=dir1,dir2,...')
-    if _OFFICIAL.value:
-      try:
-        import seqpe_jax.generate  # pylint: disable=g-import-not-at-top,unused-import
-      except ImportError as e:
-        raise ConfigError('--official_cache_bias needs seqpe_jax.generate (KV-cache '
-                          'generation), which this checkout lacks') from e
     quick = _QUICK.value
     rows: dict[str, list[dict]] = {'books': [], 'passkey': [], 'qa': []}
     trains, filler_cache = set(), {}

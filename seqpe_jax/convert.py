@@ -43,7 +43,6 @@ JSON of the timm ViT sizes (`--model_config`, default `<dir>/vit_config.json`).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import math
 import pathlib

@@ -2,7 +2,6 @@
 
 import importlib
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from configs import common
 from seqpe_jax import main as main_lib
 from seqpe_jax.tasks import Task, count_params
 from tests.conftest import shared_path
+from tests.testutil import child_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -54,10 +54,8 @@ class ConfigsTest(parameterized.TestCase):
     workdir = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory())) / 'run'
     cmd = [sys.executable, '-m', 'seqpe_jax.main', f'--config=configs/{name}.py',
            f'--workdir={workdir}', *(f'--config.{k}={v}' for k, v in overrides.items())]
-    env = {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_PLATFORMS': 'cpu',
-           'XLA_FLAGS': ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
-                                 if 'device_count' not in f)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=900)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
     report = json.loads((workdir / 'extrapolation.json').read_text())
     metric = 'ppl' if config.task == 'lm' else 'top1'

@@ -11,7 +11,6 @@ import tempfile
 import zipfile
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from seqpe_jax.convert import load_official_gpt2, load_official_seqpe, load_offi
 from seqpe_jax.errors import CheckpointError, ConfigError
 from seqpe_jax.positions import digitize
 from tests.conftest import shared_path
-from tests.testutil import TmpDirTestCase
+from tests.testutil import TmpDirTestCase, child_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GPT_FILES = ('official_gpt2_seqpe', 'official_gpt2_seqpe_seed98765')
@@ -287,17 +286,8 @@ class ConvertTest(chex.TestCase, parameterized.TestCase):
 
 # ---------------------------------------------------------------------------- CLI
 
-def _child_env() -> dict[str, str]:
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
-                              if 'device_count' not in f)  # one CPU device, as a user's run
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = str(REPO)
-  return env
-
-
 def _run(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=_child_env(),
+  return subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=child_env(),
                         capture_output=True, text=True, timeout=500)
 
 

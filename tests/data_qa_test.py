@@ -1,6 +1,5 @@
 """Tests for seqpe_jax.data.qa: answer-only loss weights, dropping, sources, resumable batches."""
 
-import ml_collections
 import numpy as np
 import pytest
 from absl.testing import absltest

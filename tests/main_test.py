@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import lzma
-import os
 import pathlib
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from PIL import Image
 from configs import smoke
 from seqpe_jax import checkpoint
 from tests.conftest import SHARED, shared_path
-from tests.testutil import tree_hash
+from tests.testutil import child_env, tree_hash
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = '--config=configs/smoke.py'
@@ -133,15 +132,6 @@ CASES = (
 )
 
 
-def _child_env() -> dict[str, str]:
-  env = dict(os.environ)
-  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
-                              if 'device_count' not in f)  # one CPU device, as a user's run
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = str(REPO)
-  return env
-
-
 def _make_images(root: pathlib.Path, corrupt: bool) -> None:
   rng = np.random.default_rng(0)
   for split, per_class in (('train', 2), ('test', 1)):  # 4 train images: one batch of smoke
@@ -190,7 +180,7 @@ def _run_case(case: Case, tmp: pathlib.Path) -> Outcome:
   if case.workdir != 'none':
     args.append(f'--workdir={workdir}')
   p = subprocess.run([sys.executable, '-m', 'seqpe_jax.main', *args], cwd=REPO,
-                     env=_child_env(), capture_output=True, text=True, timeout=300)
+                     env=child_env(), capture_output=True, text=True, timeout=300)
   return Outcome(p.returncode, p.stdout, p.stderr, workdir, before, tree_hash(workdir))
 
 

@@ -1,10 +1,24 @@
 """Helpers shared by several test modules (not collected by pytest)."""
 
 import hashlib
+import os
 import pathlib
 import tempfile
 
 from absl.testing import parameterized
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def child_env() -> dict[str, str]:
+  """The environment of a CLI subprocess: one CPU device (as a user's run), the repo on path."""
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                              if 'device_count' not in f)
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['PYTHONPATH'] = str(REPO)
+  return env
 
 
 def tree_hash(root) -> str | None:

@@ -346,6 +346,15 @@ def _check_tree(module, variables: dict, *init_args) -> None:
                             f'{want.get(k)} (converter bug or unsupported configuration)')
 
 
+def _official_encoder(pe_state, pe: Any, *, data_dim: int, out_dim: int) -> dict:
+  """Our encoder params from the official SeqPE state dict (every tensor used exactly once)."""
+  enc = _Tensors(_strip_prefix(pe_state), 'official SeqPE')
+  params = _seqpe_params(enc, data_dim=data_dim, max_digits=pe.max_digits, width=pe.width,
+                         heads=pe.heads, layers=pe.layers, out_dim=out_dim, final_ln=pe.final_ln)
+  enc.finish()
+  return params
+
+
 def load_official_gpt2(model_state: Mapping[str, Any], pe_state: Mapping[str, Any], *,
                        pe_config: Mapping[str, Any], gpt2_config: Mapping[str, Any]):
   """`(GPT, variables)` from the official GPT2LMHeadModel + SequentialPE state dicts.
@@ -388,11 +397,7 @@ def load_official_gpt2(model_state: Mapping[str, Any], pe_state: Mapping[str, An
     params[o] = block
   params['ln_f'] = _ln(t, 'transformer.ln_f', c, 'ln_f')
   t.finish()
-  enc = _Tensors(_strip_prefix(pe_state), 'official SeqPE')
-  posenc['seqpe_encoder'] = _seqpe_params(
-      enc, data_dim=1, max_digits=pe.max_digits, width=pe.width, heads=pe.heads,
-      layers=pe.layers, out_dim=p, final_ln=pe.final_ln)
-  enc.finish()
+  posenc['seqpe_encoder'] = _official_encoder(pe_state, pe, data_dim=1, out_dim=p)
   params['posenc'] = posenc
   train_len = int(gpt2_config.get('n_positions') or 1024)
   module = GPT(cfg, pe, train_len=train_len)
@@ -442,11 +447,7 @@ def load_official_vit(model_state: Mapping[str, Any], pe_state: Mapping[str, Any
   params['ln_f'] = _ln(t, 'norm', c, 'ln_f')
   params['head'] = _linear(t, 'head', c, cfg.num_classes, 'head')
   t.finish()
-  enc = _Tensors(_strip_prefix(pe_state), 'official SeqPE')
-  posenc['seqpe_encoder'] = _seqpe_params(
-      enc, data_dim=2, max_digits=pe.max_digits, width=pe.width, heads=pe.heads,
-      layers=pe.layers, out_dim=p, final_ln=pe.final_ln)
-  enc.finish()
+  posenc['seqpe_encoder'] = _official_encoder(pe_state, pe, data_dim=2, out_dim=p)
   params['posenc'] = posenc
   module = ViT(cfg, pe, train_image_size=image_size)
   variables = {'params': params}

@@ -333,6 +333,16 @@ def _check_depths(depths: Sequence[float | None], allow_none: bool) -> list:
   return depths
 
 
+def _add(cell: dict, records: list[dict], make) -> None:
+  """Appends `make()`'s record to `records` and its index to the cell, or counts a skip."""
+  r = _fit(make)
+  if r is None:
+    cell['skipped'] += 1
+  else:
+    cell['records'].append(len(records))
+    records.append(r)
+
+
 def _check_samples(num_samples: int) -> None:
   if int(num_samples) < 1:
     raise ConfigError(f'num_samples must be positive, got {num_samples}')
@@ -355,13 +365,8 @@ def passkey_eval(greedy: Greedy, tokenizer: Any, *, lengths: Sequence[int],
     for d in depths:
       cell = cells.setdefault((length, d), {'records': [], 'skipped': 0})
       for i in range(int(num_samples)):
-        r = _fit(lambda: longctx.passkey_record(tokenizer, length, depth=d, seed=seed, index=i,
-                                                digits=digits, **record_kwargs))
-        if r is None:
-          cell['skipped'] += 1
-        else:
-          cell['records'].append(len(records))
-          records.append(r)
+        _add(cell, records, lambda: longctx.passkey_record(
+            tokenizer, length, depth=d, seed=seed, index=i, digits=digits, **record_kwargs))
   preds = _generate_texts(greedy, tokenizer, records, max_new_tokens) if records else []
   rows = []
   for (length, d), cell in cells.items():
@@ -403,13 +408,8 @@ def babilong_eval(greedy: Greedy, tokenizer: Any, filler: longctx.Filler, *,
       for d in depths:
         cell = cells.setdefault((task, length, d), {'records': [], 'skipped': 0})
         for i, s in enumerate(pool[:int(num_samples)]):
-          r = _fit(lambda: longctx.babilong_record(s, tokenizer, length, filler, seed=seed,
-                                                   index=i, depth=d, **record_kwargs))
-          if r is None:
-            cell['skipped'] += 1
-          else:
-            cell['records'].append(len(records))
-            records.append(r)
+          _add(cell, records, lambda: longctx.babilong_record(
+              s, tokenizer, length, filler, seed=seed, index=i, depth=d, **record_kwargs))
   preds = _generate_texts(greedy, tokenizer, records, max_new_tokens) if records else []
   rows = []
   for (task, length, d), cell in cells.items():

@@ -244,3 +244,39 @@ class EvalTest(TmpDirTestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class GutenbergCorpusTest(TmpDirTestCase):
+  """`data.name=gutenberg`: train books only in train, held-out eval books split valid/test."""
+
+  def test_splits_are_the_book_split_rule(self):
+    import io, lzma, tarfile  # pylint: disable=g-import-not-at-top,multiple-imports
+    from seqpe_jax.data import longctx  # pylint: disable=g-import-not-at-top
+    names = [f'b{i:02d}.txt' for i in range(60)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as tf:
+      for n in names:
+        data = (f'*** START OF THE PROJECT GUTENBERG EBOOK {n} ***\n<{n}>\n'
+                f'*** END OF THE PROJECT GUTENBERG EBOOK {n} ***\n').encode()
+        info = tarfile.TarInfo(n)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    root = self.tmp / 'data'
+    (root / 'gutenberg').mkdir(parents=True)
+    (root / longctx.GUTENBERG_TAR).write_bytes(lzma.compress(buf.getvalue()))
+    files = text.gutenberg_corpus(str(root), str(self.cache))
+    self.assertEqual(sorted(files), ['test', 'train', 'valid'])
+    got = {s: [n for n in names if f'<{n}>' in common.open_text(p[0])] for s, p in files.items()}
+    held = [n for n in names if longctx.gutenberg_split(n) == 'eval']
+    self.assertEqual(got['train'], [n for n in names if longctx.gutenberg_split(n) == 'train'])
+    self.assertEqual(got['valid'], held[0::2])
+    self.assertEqual(got['test'], held[1::2])
+    self.assertNotEmpty(got['test'])
+    mtime = files['train'][0].stat().st_mtime_ns
+    again = text.gutenberg_corpus(str(root), str(self.cache))  # written once, then reused
+    self.assertEqual(again, files)
+    self.assertEqual(files['train'][0].stat().st_mtime_ns, mtime)
+    cfg = _lm_cfg(dir=str(root), name='gutenberg', cache_dir=str(self.cache))
+    self.assertEqual(text._split_files(cfg), files)
+    self.assertOneLineError(DataError, lambda: text.gutenberg_corpus(str(self.tmp),
+                                                                     str(self.cache)))

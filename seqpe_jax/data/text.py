@@ -310,15 +310,48 @@ class LMData:
   train_tokens: int
 
 
+def gutenberg_corpus(data_dir: str = '', cache_dir: common.PathLike | None = None
+                     ) -> dict[str, list[pathlib.Path]]:
+  """Train/valid/test text files of the Gutenberg LM corpus (`data.name=gutenberg`).
+
+  train: the 'train' books of `longctx.gutenberg_split` (never QA filler or book-bits
+  books); valid / test: the held-out 'eval' books, alternately (sorted by name). Each
+  split is one file of whole stripped books, written once under the cache dir.
+  """
+  from seqpe_jax.data import longctx  # pylint: disable=g-import-not-at-top
+  root = common.resolve_cache_dir(str(cache_dir or ''))
+  tar = common.resolve_path(longctx.GUTENBERG_TAR, data_dir)
+  if not tar.is_file():
+    raise DataError(f'Gutenberg archive not found: {tar} (expected {longctx.GUTENBERG_TAR} in '
+                    'the data dir)')
+  out_dir = root / 'gutenberg_corpus' / common.fingerprint([tar], 1)
+  names = {'train': longctx.list_gutenberg(data_dir=data_dir, split='train')}
+  held = longctx.list_gutenberg(data_dir=data_dir, split='eval')
+  names['valid'], names['test'] = held[0::2], held[1::2]
+  files = {}
+  for split, books in names.items():
+    path = out_dir / f'{split}.txt'
+    if not path.is_file():
+      texts = longctx.read_gutenberg(names=books, data_dir=data_dir, cache_dir=root)
+      out_dir.mkdir(parents=True, exist_ok=True)
+      tmp = path.with_suffix('.tmp')
+      tmp.write_text('\n\n'.join(texts[b] for b in books) + '\n', 'utf-8')
+      tmp.replace(path)
+    files[split] = [path]
+  return files
+
+
 def _split_files(data_cfg: ml_collections.ConfigDict) -> dict[str, list[pathlib.Path]]:
-  """Split → text files for `name` in {'wikitext-2', 'wikitext-103', 'files'}."""
+  """Split → text files for `name` in {'wikitext-2', 'wikitext-103', 'gutenberg', 'files'}."""
   name = data_cfg.name
   if name in WIKITEXT_NAMES:
     files = wikitext_files(common.resolve_data_dir(data_cfg.get('dir', '')), name)
     return {split: [path] for split, path in files.items()}
+  if name == 'gutenberg':
+    return gutenberg_corpus(data_cfg.get('dir', ''), data_cfg.get('cache_dir', ''))
   if name != 'files':
     raise ConfigError(f"unknown config.data.name {name!r}; expected one of "
-                      f"{', '.join(WIKITEXT_NAMES)}, 'files' or 'tfds:<name>'")
+                      f"{', '.join(WIKITEXT_NAMES)}, 'gutenberg', 'files' or 'tfds:<name>'")
   out = {}
   for split, field in (('train', 'train_files'), ('eval', 'eval_files')):
     paths = [common.resolve_path(p.strip(), data_cfg.get('dir', ''))

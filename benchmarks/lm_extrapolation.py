@@ -1,0 +1,278 @@
+r"""Length extrapolation of every 1-D PE: corpora x budgets x seeds, plus SeqPE ablations.
+
+Each run is one `python -m seqpe_jax.main` training + evaluation (its own workdir
+under --root); a rerun skips runs whose `extrapolation.json` exists, so an
+interrupted sweep resumes. After every finished run the collected records are
+written to --output (JSON `{"runs": [...]}`), a markdown table (mean [min-max]
+over seeds) next to it and a plot (ppl vs length, log-x, seed bands).
+
+  python benchmarks/lm_extrapolation.py --profile=quick            # 2 CPU cores
+  python benchmarks/lm_extrapolation.py --profile=quick --only='seqpe|alibi' --list
+  python benchmarks/lm_extrapolation.py --profile=full --jobs=1    # one accelerator
+
+Profiles: `quick` = configs/lm_wikitext2.py (byte level, T = 64, 3 layers x 128)
+on WikiText-2 and Gutenberg books (held-out books for valid/test), 400 and 800
+steps, seeds 0-2 for seqpe / alibi / rope, one seed of the other PEs and the
+ablations. `full` = the same grid at GPT-2-small scale (configs/lm_wikitext103.py
+shape, T = 512) on WikiText-103 and Gutenberg.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import threading
+import time
+
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_PROFILE = flags.DEFINE_enum('profile', 'quick', ['quick', 'full'], 'Grid and model size.')
+_ROOT = flags.DEFINE_string('root', 'runs/lm_extrapolation', 'Parent of the run workdirs.')
+_OUTPUT = flags.DEFINE_string('output', 'benchmarks/results/lm_extrapolation.json',
+                              'JSON output; the .md table and .png plot go next to it.')
+_JOBS = flags.DEFINE_integer('jobs', 2, 'Runs in parallel (each pinned to one CPU core on CPU).')
+_ONLY = flags.DEFINE_string('only', '', 'Regex: keep runs whose id matches (e.g. "seqpe").')
+_LIST = flags.DEFINE_bool('list', False, 'Print the runs (done / to do) and exit.')
+_OVERRIDE = flags.DEFINE_multi_string('override', [], 'Extra `key=value` config overrides for '
+                                      'every run (e.g. a shrunk model for a smoke test).')
+
+# Run variants: name -> (pe label, config overrides). 'seqpe' is the shipped default;
+# 'seqpe-paper' the paper's method exactly (see README "Results").
+PAPER = ('aux.max_position=10000', 'aux.shift_rate=0.1')
+MAIN_PES = ('seqpe', 'alibi', 'rope')
+OTHER_PES = ('seqpe-paper', 'learned', 'sinusoidal', 'nope', 'fire', 'kerple')
+ABLATIONS = {
+    'seqpe-no-contrastive': ('aux.contrastive_weight=0',),
+    'seqpe-no-ood': ('aux.ood_weight=0',),
+    'seqpe-no-aux': ('aux.contrastive_weight=0', 'aux.ood_weight=0'),
+    'seqpe-no-shift': ('aux.shift_rate=0',),
+    'seqpe-max-pos-10000': ('aux.max_position=10000',),
+    'seqpe-shift-0.1': ('aux.shift_rate=0.1',),
+    'seqpe-attn_add': ('pe.seqpe.apply=attn_add',),
+    'seqpe-attn_mul': ('pe.seqpe.apply=attn_mul',),
+    'seqpe-input_add': ('pe.seqpe.apply=input_add',),
+}
+
+
+def _variant(name: str) -> tuple[str, tuple[str, ...]]:
+  """(pe type, overrides) of a variant name."""
+  if name in ABLATIONS:
+    return 'seqpe', ('pe.type=seqpe', *ABLATIONS[name])
+  if name == 'seqpe-paper':
+    return 'seqpe', ('pe.type=seqpe', *PAPER)
+  return name, (f'pe.type={name}',)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  config: str
+  corpora: tuple[str, ...]
+  budgets: tuple[int, ...]
+  seeds: tuple[int, ...]
+  overrides: tuple[str, ...] = ()
+
+  def runs(self) -> list['Run']:
+    out = []
+    big = max(self.budgets)
+    for corpus in self.corpora:
+      for steps in self.budgets:
+        for name in MAIN_PES:
+          out += [Run(self, name, corpus, steps, s) for s in self.seeds]
+        if steps == big:
+          out += [Run(self, name, corpus, steps, self.seeds[0]) for name in OTHER_PES]
+    ablation_corpus = self.corpora[0]
+    out += [Run(self, name, ablation_corpus, big, self.seeds[0]) for name in ABLATIONS]
+    return out
+
+
+PROFILES = {
+    'quick': Profile('configs/lm_wikitext2.py', ('wikitext-2', 'gutenberg'), (400, 800),
+                     (0, 1, 2), ("eval.splits=('valid','test')",)),
+    'full': Profile('configs/lm_wikitext103.py', ('wikitext-103-raw', 'gutenberg'),
+                    (20000, 40000), (0, 1, 2),
+                    ("eval.splits=('valid','test')", 'eval.lengths=(512,1024,2048,4096,8192)',
+                     'eval.checkpoint=latest', 'train.keep_best=False', 'train.eval_every=0')),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  profile: Profile
+  name: str
+  corpus: str
+  steps: int
+  seed: int
+
+  @property
+  def id(self) -> str:
+    return f'{self.corpus}/{self.steps}/{self.name}/seed{self.seed}'
+
+  def workdir(self, root: pathlib.Path) -> pathlib.Path:
+    return root / self.id
+
+  def command(self, root: pathlib.Path) -> list[str]:
+    _, overrides = _variant(self.name)
+    sets = (*self.profile.overrides, f'data.name={self.corpus}', f'train.steps={self.steps}',
+            f'seed={self.seed}', *overrides, *_OVERRIDE.value)
+    return [sys.executable, '-m', 'seqpe_jax.main', f'--config={self.profile.config}',
+            f'--workdir={self.workdir(root)}', *(f'--config.{s}' for s in sets)]
+
+  def record(self, root: pathlib.Path) -> dict | None:
+    path = self.workdir(root) / 'extrapolation.json'
+    if not path.is_file():
+      return None
+    rep = json.loads(path.read_text())
+    config = json.loads((self.workdir(root) / 'config.json').read_text())
+    pe, overrides = _variant(self.name)
+    # What the run trained (a --override may shrink it), not what the grid asked for.
+    return {'pe': self.name, 'pe_type': pe, 'corpus': config['data']['name'],
+            'steps': config['train']['steps'],
+            'seed': self.seed, 'train_length': rep['train_length'], 'overrides': list(overrides),
+            'results': [{'length': r['length'], 'split': r['split'], 'ppl': r['ppl']}
+                        for r in rep['results']]}
+
+
+def _execute(run: Run, root: pathlib.Path, slot: int, log_lock: threading.Lock) -> None:
+  env = dict(os.environ)
+  cmd = run.command(root)
+  if _PROFILE.value == 'quick':  # one core per run: two pinned processes beat one 2-thread one
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
+                        'intra_op_parallelism_threads=1').strip()
+    ncpu = os.cpu_count() or 1
+    cmd = ['taskset', '-c', str(slot % ncpu), *cmd]
+  run.workdir(root).mkdir(parents=True, exist_ok=True)
+  log = run.workdir(root) / 'run.log'
+  t0 = time.time()
+  with open(log, 'w') as f:
+    rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+  with log_lock:
+    status = 'ok' if rc == 0 else f'FAILED (rc {rc}, see {log})'
+    print(f'{run.id}: {status} in {time.time() - t0:.0f} s', flush=True)
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _stats(values: list[float]) -> tuple[float, float, float]:
+  return sum(values) / len(values), min(values), max(values)
+
+
+def _cell(values: list[float]) -> str:
+  if not values:
+    return '–'
+  mean, lo, hi = _stats(values)
+  return f'{mean:.2f}' if len(values) == 1 else f'{mean:.2f} [{lo:.2f}–{hi:.2f}]'
+
+
+def _groups(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
+  out: dict[tuple, dict[str, list[dict]]] = {}
+  for r in records:
+    out.setdefault((r['corpus'], r['steps']), {}).setdefault(r['pe'], []).append(r)
+  return out
+
+
+def markdown(records: list[dict], split: str = 'valid') -> str:
+  """One table per (corpus, steps): mean [min–max] over seeds at each length."""
+  lines = []
+  for (corpus, steps), by_pe in sorted(_groups(records).items()):
+    first = next(iter(by_pe.values()))[0]
+    t = first['train_length']
+    lengths = sorted({x['length'] for x in first['results'] if x['split'] == split})
+    lines += [f'\n**{corpus}, {steps} steps** — {split} perplexity, trained at {t} '
+              '(mean [min–max] over seeds; n = seeds)\n',
+              '| PE | n | ' + ' | '.join(f'{n // t}×' for n in lengths) + ' |',
+              '|---|---|' + '---|' * len(lengths)]
+    for pe, runs in sorted(by_pe.items(), key=lambda kv: (kv[0] not in MAIN_PES, kv[0])):
+      cells = [_cell([x['ppl'] for r in runs for x in r['results']
+                      if x['split'] == split and x['length'] == n]) for n in lengths]
+      lines.append(f'| {pe} | {len(runs)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines).strip() + '\n'
+
+
+def plot(records: list[dict], path: pathlib.Path, split: str = 'valid') -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  groups = sorted(_groups(records).items())
+  if not groups:
+    return
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+  for ax, ((corpus, steps), by_pe) in zip(axes[0], groups):
+    for pe in [p for p in (*MAIN_PES, *OTHER_PES) if p in by_pe]:
+      runs = by_pe[pe]
+      lengths = sorted({x['length'] for x in runs[0]['results'] if x['split'] == split})
+      vals = [[x['ppl'] for r in runs for x in r['results']
+               if x['split'] == split and x['length'] == n] for n in lengths]
+      mean = [sum(v) / len(v) for v in vals]
+      line, = ax.plot(lengths, mean, marker='o', ms=3, label=pe)
+      if len(runs) > 1:
+        ax.fill_between(lengths, [min(v) for v in vals], [max(v) for v in vals],
+                        color=line.get_color(), alpha=0.2)
+    ax.set_xscale('log', base=2)
+    ax.set_yscale('log')
+    ax.set_title(f'{corpus}, {steps} steps', fontsize=9)
+    ax.set_xlabel('evaluation length (tokens)')
+    ax.set_ylabel(f'{split} perplexity')
+  axes[0][-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(records: list[dict], output: pathlib.Path) -> None:
+  output.parent.mkdir(parents=True, exist_ok=True)
+  records = sorted(records, key=lambda r: (r['corpus'], r['steps'], r['pe'], r['seed']))
+  output.write_text(json.dumps({'profile': _PROFILE.value, 'runs': records}, indent=1) + '\n')
+  splits = sorted({x['split'] for r in records for x in r['results']}, reverse=True)
+  md = ''.join(f'### {s}\n\n{markdown(records, s)}\n' for s in splits)
+  output.with_suffix('.md').write_text(md)
+  plot(records, output.with_suffix('.png'))
+
+
+def main(argv) -> None:
+  del argv
+  profile = PROFILES[_PROFILE.value]
+  root = pathlib.Path(_ROOT.value)
+  output = pathlib.Path(_OUTPUT.value)
+  runs = profile.runs()
+  if _ONLY.value:
+    runs = [r for r in runs if re.search(_ONLY.value, r.id)]
+  todo = [r for r in runs if r.record(root) is None]
+  if _LIST.value:
+    for r in runs:
+      print(('todo ' if r in todo else 'done ') + r.id)
+    print(f'{len(runs) - len(todo)} done, {len(todo)} to do')
+    return
+  print(f'{len(runs)} runs, {len(runs) - len(todo)} already done', flush=True)
+  lock = threading.Lock()
+  slots = list(range(max(_JOBS.value, 1)))
+
+  def job(run: Run) -> None:
+    with lock:
+      slot = slots.pop(0)
+    try:
+      _execute(run, root, slot, lock)
+    finally:
+      with lock:
+        slots.append(slot)
+        write([x for r in runs if (x := r.record(root))], output)
+
+  with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
+    list(pool.map(job, todo))
+  records = [x for r in runs if (x := r.record(root))]
+  write(records, output)
+  print(f'{len(records)}/{len(runs)} runs in {output} (+ .md, .png)')
+  if len(records) < len(runs):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -101,10 +101,9 @@ def generate(task_or_model: Any, params: Any, prompt_tokens: Any, *, max_new_tok
 
 def check_length(pe: PEConfig, prompt_len: int, max_new_tokens: int) -> None:
   """Raises `ConfigError` if positions up to prompt + new - 1 exceed the SeqPE digit capacity."""
-  if pe.type != 'seqpe':
-    return
+  cap = pe.cls.position_capacity(pe)
   last = prompt_len + max_new_tokens - 1
-  if last >= capacity(pe.max_digits):
+  if cap is not None and last >= cap:
     raise ConfigError(
         f'a prompt of {prompt_len} tokens + {max_new_tokens} new tokens needs position {last}, '
         f'beyond the SeqPE digit capacity [0, {capacity(pe.max_digits)}) of '

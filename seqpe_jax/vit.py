@@ -87,14 +87,14 @@ class ViT(nn.Module):
     self.drop = nn.Dropout(c.dropout)
 
   def encode_positions(self, positions_PxNx2: jax.Array, grid_shape: tuple[int, int],
-                       aux_positions_Mxd: jax.Array | None = None, *, mode: str = 'extend',
+                       aux_positions_Mxn: jax.Array | None = None, *, mode: str = 'extend',
                        deterministic: bool = True) -> PEOutput:
     """The position encoding alone, CLS row included (cache it per image size)."""
-    return self.posenc(positions_PxNx2, grid_shape=grid_shape, aux_positions_Mxd=aux_positions_Mxd,
+    return self.posenc(positions_PxNx2, grid_shape=grid_shape, aux_positions_Mxn=aux_positions_Mxn,
                        mode=mode, deterministic=deterministic)
 
   def __call__(self, images_BxHxWxC: jax.Array, positions_PxNx2: jax.Array | None = None, *,
-               pe: PEOutput | None = None, aux_positions_Mxd: jax.Array | None = None,
+               pe: PEOutput | None = None, aux_positions_Mxn: jax.Array | None = None,
                mode: str = 'extend', deterministic: bool = True) -> tuple[jax.Array, PEOutput]:
     """Returns `(logits_BxK float32, pe)`; positions default to the image's patch grid."""
     b = images_BxHxWxC.shape[0]
@@ -102,7 +102,7 @@ class ViT(nn.Module):
     if pe is None:
       if positions_PxNx2 is None:
         positions_PxNx2 = grid_2d(gh, gw)[None]
-      pe = self.encode_positions(positions_PxNx2, (gh, gw), aux_positions_Mxd, mode=mode,
+      pe = self.encode_positions(positions_PxNx2, (gh, gw), aux_positions_Mxn, mode=mode,
                                  deterministic=deterministic)
     x_BxhxwxC = self.patch_embed(images_BxHxWxC.astype(self.patch_embed.dtype))
     x_BxNxC = x_BxhxwxC.reshape(b, gh * gw, -1)

@@ -60,7 +60,7 @@ class PEContext:
   embed: jax.Array | None = None       # [P, S, E] PE output, for per-layer pe_qk
   q_pe: jax.Array | None = None        # [P, S, E] shared pe_qk output (query half)
   k_pe: jax.Array | None = None        # [P, S, E] (key half)
-  input_embed: jax.Array | None = None  # [P, S, D] added to the token embeddings
+  input_embed: jax.Array | None = None  # [P, S, C] added to the token embeddings
   query: 'PEContext | None' = None     # the queries' rows when they are not the keys' last rows
 
   def for_queries(self, length: int) -> 'PEContext':
@@ -281,8 +281,8 @@ class AlibiHook(AttentionHook):
     slopes = baselines.alibi_slopes(mod.num_heads)
     if self.official_cache_bias and num_old is not None:  # earlier keys: the query's position
       s = k_pos.shape[-1]
-      k_pos_xLxS = jnp.where(jnp.arange(s) < num_old, q_pos[:, :, None], k_pos[:, None, :])
-      dist = q_pos[:, :, None].astype(jnp.float32) - k_pos_xLxS.astype(jnp.float32)
+      k_pos_XxLxS = jnp.where(jnp.arange(s) < num_old, q_pos[:, :, None], k_pos[:, None, :])
+      dist = q_pos[:, :, None].astype(jnp.float32) - k_pos_XxLxS.astype(jnp.float32)
       bias = -jnp.asarray(slopes)[None, :, None, None] * dist[:, None]
     else:
       bias = baselines.alibi_bias(q_pos, k_pos, slopes, causal=causal)
@@ -309,17 +309,17 @@ class PEAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxSxD: jax.Array, ctx: PEContext, mask_BxLxS: jax.Array | None = None,
+  def __call__(self, x_BxSxC: jax.Array, ctx: PEContext, mask_BxLxS: jax.Array | None = None,
                deterministic: bool = True, cache: KVCache | None = None
                ) -> jax.Array | tuple[jax.Array, KVCache]:
-    """Attention output `[B, L, D]` (L = 1 with `last_query_only`, else S); with `cache`,
+    """Attention output `[B, L, C]` (L = 1 with `last_query_only`, else S); with `cache`,
     `(output, updated cache)` — the S new rows attend to every cached key."""
-    b, s, d = x_BxSxD.shape
+    b, s, d = x_BxSxC.shape
     h, hook = self.num_heads, self.injection
     dh = d // h
     qkv = layers.Linear((3, h, dh), ('embed', None, 'heads', 'kv'), use_bias=self.use_bias,
                         init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name='qkv')(x_BxSxD)
+                        name='qkv')(x_BxSxC)
     q, k, v = (layers.constrain(qkv[:, :, i], ('act_batch', 'act_len', 'act_heads', None))
                for i in range(3))
     scale = dh**-0.5 * hook.logit_mult

@@ -67,6 +67,11 @@ def register(name: str) -> Callable[[type['PEType']], type['PEType']]:
   return wrap
 
 
+def unregister(name: str) -> None:
+  """Removes a registered type (tests that register a toy PE clean up with it)."""
+  _REGISTRY.pop(name, None)
+
+
 def get(name: str) -> type['PEType']:
   """The registered class of `name` (ConfigError if unknown)."""
   try:
@@ -233,8 +238,8 @@ class PEType:
 @flax.struct.dataclass
 class PEOutput:
   ctx: PEContext
-  main_embed: jax.Array | None = None  # [P, L, D] SeqPE of the main positions (OOD teacher)
-  aux_embed: jax.Array | None = None   # [M, D] SeqPE of the auxiliary positions
+  main_embed: jax.Array | None = None  # [P, L, E] SeqPE of the main positions (OOD teacher)
+  aux_embed: jax.Array | None = None   # [M, E] SeqPE of the auxiliary positions
 
 
 class PositionEncoder(nn.Module):
@@ -318,11 +323,11 @@ def _grid(shape: tuple[int, ...]) -> jax.Array:
   return jnp.stack([a.reshape(-1) for a in axes], axis=-1)
 
 
-def _resize_flat(e_NxD: jax.Array, src: tuple[int, ...], dst: tuple[int, ...], method: str):
-  grid = e_NxD.reshape(*src, e_NxD.shape[-1])
+def _resize_flat(e_MxE: jax.Array, src: tuple[int, ...], dst: tuple[int, ...], method: str):
+  grid = e_MxE.reshape(*src, e_MxE.shape[-1])
   if len(src) == 1:
     return baselines.resize_table_1d(grid, dst[0], 'linear')
-  return baselines.resize_grid(grid, dst, method).reshape(-1, e_NxD.shape[-1])
+  return baselines.resize_grid(grid, dst, method).reshape(-1, e_MxE.shape[-1])
 
 
 # ----------------------------------------------------------------------------- SeqPE
@@ -392,13 +397,13 @@ class SeqPE(PEType):
     if interpolate:  # encode the training grid, resize the embedding grid afterwards
       src = _grid(enc.train_grid)[None]
       positions_PxLxn = jnp.broadcast_to(src, (p, *src.shape[1:]))
-    flat_Nxn = positions_PxLxn.reshape(-1, n)
-    n_main = flat_Nxn.shape[0]
+    flat_Mxn = positions_PxLxn.reshape(-1, n)
+    n_main = flat_Mxn.shape[0]
     if aux_Mxn is not None:
-      flat_Nxn = jnp.concatenate([flat_Nxn, aux_Mxn.astype(flat_Nxn.dtype)], axis=0)
-    e_NxD = encoder(flat_Nxn, deterministic=deterministic)  # the one encoder call
-    main = e_NxD[:n_main].reshape(p, -1, e_NxD.shape[-1])
-    aux = e_NxD[n_main:] if aux_Mxn is not None else None
+      flat_Mxn = jnp.concatenate([flat_Mxn, aux_Mxn.astype(flat_Mxn.dtype)], axis=0)
+    e_MxE = encoder(flat_Mxn, deterministic=deterministic)  # the one encoder call
+    main = e_MxE[:n_main].reshape(p, -1, e_MxE.shape[-1])
+    aux = e_MxE[n_main:] if aux_Mxn is not None else None
     if interpolate:
       main = jax.vmap(lambda m: _resize_flat(m, enc.train_grid, grid_shape, 'bicubic'))(main)
 

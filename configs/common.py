@@ -32,34 +32,20 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
 
 
 def pe_config(type_: str = 'seqpe', **seqpe: Any) -> ml_collections.ConfigDict:
-  """The `config.pe` section: the type plus per-type option groups."""
-  return ml_collections.ConfigDict({
-      'type': type_,  # seqpe | learned | sinusoidal | rope | alibi | nope (LM); + sincos2d, rope2d, rope_mixed (ViT)
-      'seqpe': {
-          'apply': 'attn_scalar',   # input_add | attn_add | attn_mul | attn_scalar
-          'pe_qk': 'single',        # single (one shared projection) | multi (per layer) | none
-          'multi_head': True,       # split PE_q/PE_k over heads
-          'scalar_scale': 1.0,      # s in attn_scalar
-          'scalar_form': 'concat',  # concat ([q; sPE_q]·[k; PE_k], fused-kernel friendly) | bias
-          'max_digits': 4,          # digits per axis: positions < 10**max_digits
-          'width': 64,              # encoder width (paper: 768 text, 384 vision)
-          'heads': 2,               # encoder heads (paper: width / 64)
-          'layers': 2,              # encoder layers (paper: 2)
-          'out_dim': 0,             # 0: derived from the model (width, or head dim)
-          'causal': True,           # causal digit attention (paper) or bidirectional
-          'dropout': 0.1,           # encoder residual dropout
-          'attn_dropout': 0.0,      # encoder attention dropout
-          'final_ln': True,         # final LayerNorm before out_proj
-          'temperature': 1.0,       # output divided by it
-          'mask_padding': False,    # mask leading zeros as keys (off in the paper)
-          **seqpe,
-      },
-      'learned': {'resize': 'linear'},  # past the trained length/grid: linear | bicubic | none
-      'sinusoidal': {'base': 10000.0, 'scale': 0.0},  # scale 0: 1/sqrt(width) (LM), 1 (sincos2d)
-      'rope': {'theta': 10000.0, 'scaling': 'none', 'factor': 1.0, 'original_length': 2048},
-      'rope_mixed': {'theta': 10.0},
-      'alibi': {'before_scale': False},  # True: the official code's bias-before-1/sqrt(d) quirk
-  })
+  """The `config.pe` section: the type plus one option group per registered PE type.
+
+  Each group is the type's `Options` dataclass (fields, defaults and their
+  comments live there: `seqpe_jax/posenc.py`, `seqpe_jax/relbias.py`), so a new
+  registered PE needs no edit here. `seqpe` overrides the SeqPE group's defaults.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from seqpe_jax import posenc  # pylint: disable=g-import-not-at-top
+  out: dict[str, Any] = {'type': type_}  # one of posenc.names(): LM 1-D, ViT 2-D types
+  for name, cls in posenc.registered().items():
+    if cls.Options is not posenc.NoOptions:
+      out[name] = dataclasses.asdict(cls.Options())
+  out['seqpe'].update(seqpe)
+  return ml_collections.ConfigDict(out)
 
 
 def aux_config(**overrides: Any) -> ml_collections.ConfigDict:

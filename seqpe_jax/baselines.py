@@ -18,8 +18,8 @@ def sinusoidal_1d(positions_PxL: jax.Array, dim: int, base: float = 10000.0) -> 
   """Transformer sinusoids, interleaved sin/cos (as the official `sin` baseline): `[P, L, dim]`."""
   half = dim // 2
   inv_freq = jnp.exp(jnp.arange(half, dtype=jnp.float32) * (-2.0 * math.log(base) / dim))
-  ang_PxLxh = positions_PxL.astype(jnp.float32)[..., None] * inv_freq
-  pe = jnp.stack([jnp.sin(ang_PxLxh), jnp.cos(ang_PxLxh)], axis=-1)
+  ang_PxLxK2 = positions_PxL.astype(jnp.float32)[..., None] * inv_freq
+  pe = jnp.stack([jnp.sin(ang_PxLxK2), jnp.cos(ang_PxLxK2)], axis=-1)
   pe = pe.reshape(*positions_PxL.shape, 2 * half)
   if dim % 2:
     pe = jnp.pad(pe, [(0, 0)] * (pe.ndim - 1) + [(0, 1)])
@@ -171,22 +171,22 @@ def torch_bicubic_matrix(in_size: int, out_size: int, a: float = _TORCH_CUBIC_A)
   return w_OxI.astype(np.float32)
 
 
-def torch_bicubic_resize(x_HxWxC: jax.Array, shape: tuple[int, int]) -> jax.Array:
+def torch_bicubic_resize(x_hxwxC: jax.Array, shape: tuple[int, int]) -> jax.Array:
   """`[H, W, C]` → `[h, w, C]` as `F.interpolate(mode='bicubic', align_corners=False)`."""
   h, w = shape
-  wh_hxH = torch_bicubic_matrix(x_HxWxC.shape[0], h)
-  ww_wxW = torch_bicubic_matrix(x_HxWxC.shape[1], w)
-  x = jnp.asarray(x_HxWxC, jnp.float32)
+  wh_OxI = torch_bicubic_matrix(x_hxwxC.shape[0], h)
+  ww_OxI = torch_bicubic_matrix(x_hxwxC.shape[1], w)
+  x = jnp.asarray(x_hxwxC, jnp.float32)
   hi = jax.lax.Precision.HIGHEST  # the default TPU/GPU matmul precision would round to bf16
-  y = jnp.einsum('hH,HWC->hWC', wh_hxH, x, precision=hi)
-  y = jnp.einsum('wW,hWC->hwC', ww_wxW, y, precision=hi)
-  return y.astype(x_HxWxC.dtype)
+  y = jnp.einsum('hH,HWC->hWC', wh_OxI, x, precision=hi)
+  y = jnp.einsum('wW,hWC->hwC', ww_OxI, y, precision=hi)
+  return y.astype(x_hxwxC.dtype)
 
 
 def torch_bicubic_resize_1d(table_LxC: jax.Array, length: int) -> jax.Array:
   """`[L, C]` → `[length, C]` with the same kernel (a `[L, 1]` image resized to `[length, 1]`)."""
-  w_lxL = torch_bicubic_matrix(table_LxC.shape[0], length)
-  y = jnp.einsum('lL,LC->lC', w_lxL, jnp.asarray(table_LxC, jnp.float32),
+  w_OxI = torch_bicubic_matrix(table_LxC.shape[0], length)
+  y = jnp.einsum('lL,LC->lC', w_OxI, jnp.asarray(table_LxC, jnp.float32),
                  precision=jax.lax.Precision.HIGHEST)
   return y.astype(table_LxC.dtype)
 
@@ -214,16 +214,16 @@ def resize_table_1d(table_LxC: jax.Array, length: int, method: str = 'linear') -
                           antialias=False)
 
 
-def resize_grid(table_HxWxC: jax.Array, shape: tuple[int, int], method: str = 'bicubic') -> jax.Array:
+def resize_grid(table_hxwxC: jax.Array, shape: tuple[int, int], method: str = 'bicubic') -> jax.Array:
   """Resizes a `[H, W, C]` position grid to `[h, w, C]`; rectangular grids are fine.
 
   'bicubic' matches PyTorch (`F.interpolate(mode='bicubic')`, as timm/the official
   code resize ViT position tables); 'bicubic_jax' keeps jax.image.resize's cubic;
   'linear'/'bilinear' use jax.image.resize (same as PyTorch without antialias).
   """
-  if tuple(table_HxWxC.shape[:2]) == tuple(shape):
-    return table_HxWxC
+  if tuple(table_hxwxC.shape[:2]) == tuple(shape):
+    return table_hxwxC
   if _is_torch_bicubic(method):
-    return torch_bicubic_resize(table_HxWxC, shape)
-  return jax.image.resize(table_HxWxC, (*shape, table_HxWxC.shape[-1]),
+    return torch_bicubic_resize(table_hxwxC, shape)
+  return jax.image.resize(table_hxwxC, (*shape, table_hxwxC.shape[-1]),
                           method=_jax_method(method), antialias=False)

@@ -41,7 +41,7 @@ from jax import lax
 from seqpe_jax.errors import CheckpointError, ConfigError, UserError
 from seqpe_jax.gpt import GPT, GPTConfig, init_cache
 from seqpe_jax.posenc import PEConfig, PEOutput
-from seqpe_jax.positions import capacity, digits_needed
+from seqpe_jax.positions import digits_needed
 
 
 def generate(task_or_model: Any, params: Any, prompt_tokens: Any, *, max_new_tokens: int,
@@ -72,17 +72,17 @@ def generate(task_or_model: Any, params: Any, prompt_tokens: Any, *, max_new_tok
     raise ConfigError(f'generation needs a GPT language model, got {type(model).__name__}')
   prompt = np.asarray(prompt_tokens)
   squeeze = prompt.ndim == 1
-  prompt_BxP = prompt[None] if squeeze else prompt
-  if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] < 1 or not np.issubdtype(prompt.dtype,
+  prompt_BxL = prompt[None] if squeeze else prompt
+  if prompt_BxL.ndim != 2 or prompt_BxL.shape[1] < 1 or not np.issubdtype(prompt.dtype,
                                                                           np.integer):
     raise ConfigError(f'the prompt must be a non-empty [P] or [B, P] array of token ids, got '
                       f'shape {prompt.shape} ({prompt.dtype})')
   if int(max_new_tokens) < 1:
     raise ConfigError(f'max_new_tokens must be positive, got {max_new_tokens}')
   vocab = model.cfg.vocab_size
-  if prompt_BxP.min() < 0 or prompt_BxP.max() >= vocab:
+  if prompt_BxL.min() < 0 or prompt_BxL.max() >= vocab:
     raise ConfigError(f'prompt token ids must lie in [0, {vocab})')
-  p, n = prompt_BxP.shape[1], int(max_new_tokens)
+  p, n = prompt_BxL.shape[1], int(max_new_tokens)
   check_length(model.pe, p, n)
   if rng is None:
     rng = jax.random.PRNGKey(0)
@@ -93,21 +93,21 @@ def generate(task_or_model: Any, params: Any, prompt_tokens: Any, *, max_new_tok
   variables = nn.meta.unbox(params)
   if not (isinstance(variables, dict) and set(variables) == {'params'}):
     variables = {'params': variables}
-  out = fn(variables, jnp.asarray(prompt_BxP, jnp.int32), rng)
+  out = fn(variables, jnp.asarray(prompt_BxL, jnp.int32), rng)
   if squeeze:
     out = jax.tree.map(lambda x: x[0], out)
   return out
 
 
 def check_length(pe: PEConfig, prompt_len: int, max_new_tokens: int) -> None:
-  """Raises `ConfigError` if positions up to prompt + new - 1 exceed the SeqPE digit capacity."""
-  if pe.type != 'seqpe':
-    return
+  """Raises `ConfigError` if positions up to prompt + new - 1 exceed the PE's capacity
+  (`PEType.position_capacity`: SeqPE's digits; the other types are unbounded)."""
+  cap = pe.cls.position_capacity(pe)
   last = prompt_len + max_new_tokens - 1
-  if last >= capacity(pe.max_digits):
+  if cap is not None and last >= cap:
     raise ConfigError(
         f'a prompt of {prompt_len} tokens + {max_new_tokens} new tokens needs position {last}, '
-        f'beyond the SeqPE digit capacity [0, {capacity(pe.max_digits)}) of '
+        f'beyond the SeqPE digit capacity [0, {cap}) of '
         f'max_digits={pe.max_digits} (would need {digits_needed(last)}); shorten the prompt or '
         'max_new_tokens')
 
@@ -133,40 +133,40 @@ def _rows(pe: PEOutput, start: jax.Array | int, size: int) -> PEOutput:
 def _decoder(cfg: GPTConfig, pe_cfg: PEConfig, train_len: int, official: bool, p: int, n: int,
              temperature: float, top_k: int, use_cache: bool, eos_id: int | None,
              return_logits: bool):
-  """The jitted `(variables, prompt_BxP, rng) -> tokens_BxN [, logits_BxNxV]` (cached by shape)."""
+  """The jitted `(variables, prompt_BxL, rng) -> tokens_BxG [, logits_BxGxV]` (cached by shape)."""
   model = GPT(cfg, pe_cfg, train_len=train_len, official_cache_bias=official)
   total = p + n
 
-  def run(variables, prompt_BxP, rng):
-    b = prompt_BxP.shape[0]
-    positions_1xT = jnp.arange(total, dtype=jnp.int32)[None]
-    pe = model.apply(variables, positions_1xT, method=model.encode_positions)  # once
+  def run(variables, prompt_BxL, rng):
+    b = prompt_BxL.shape[0]
+    positions_1xS = jnp.arange(total, dtype=jnp.int32)[None]
+    pe = model.apply(variables, positions_1xS, method=model.encode_positions)  # once
     if use_cache:
-      logits_BxPxV, carry = model.apply(variables, prompt_BxP, _rows(pe, 0, p),
+      logits_BxLxV, carry = model.apply(variables, prompt_BxL, _rows(pe, 0, p),
                                         init_cache(model, b, total), method=model.extend)
-      first_BxV = logits_BxPxV[:, -1]
+      first_BxV = logits_BxLxV[:, -1]
 
       def step(caches, tok_B, i):  # token i sits at position p + i
         logits_Bx1xV, caches = model.apply(variables, tok_B[:, None], _rows(pe, p + i, 1),
                                            caches, method=model.extend)
         return caches, logits_Bx1xV[:, 0]
     else:
-      carry = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt_BxP)
+      carry = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt_BxL)
       first_BxV = model.apply(variables, carry, pe=pe)[0][:, p - 1]
 
-      def step(buf_BxT, tok_B, i):
-        buf_BxT = lax.dynamic_update_slice(buf_BxT, tok_B[:, None], (0, p + i))
-        logits_BxTxV = model.apply(variables, buf_BxT, pe=pe)[0]
-        return buf_BxT, lax.dynamic_index_in_dim(logits_BxTxV, p + i, 1, keepdims=False)
+      def step(buf_BxS, tok_B, i):
+        buf_BxS = lax.dynamic_update_slice(buf_BxS, tok_B[:, None], (0, p + i))
+        logits_BxSxV = model.apply(variables, buf_BxS, pe=pe)[0]
+        return buf_BxS, lax.dynamic_index_in_dim(logits_BxSxV, p + i, 1, keepdims=False)
 
     fill = 0 if eos_id is None else eos_id
     draw = lambda logits_BxV, i: sample(logits_BxV, jax.random.fold_in(rng, i), temperature,
                                         top_k)
     tok_B = draw(first_BxV, 0)
-    tokens_BxN = jnp.full((b, n), fill, jnp.int32).at[:, 0].set(tok_B)
-    logits_BxNxV = None
+    tokens_BxG = jnp.full((b, n), fill, jnp.int32).at[:, 0].set(tok_B)
+    logits_BxGxV = None
     if return_logits:
-      logits_BxNxV = jnp.zeros((b, n, first_BxV.shape[-1]), jnp.float32).at[:, 0].set(first_BxV)
+      logits_BxGxV = jnp.zeros((b, n, first_BxV.shape[-1]), jnp.float32).at[:, 0].set(first_BxV)
     done_B = tok_B == fill if eos_id is not None else jnp.zeros((b,), bool)
 
     def cond(state):
@@ -174,20 +174,20 @@ def _decoder(cfg: GPTConfig, pe_cfg: PEConfig, train_len: int, official: bool, p
       return (i < n) & ~done_B.all() if eos_id is not None else i < n
 
     def body(state):
-      i, tokens_BxN, logits_BxNxV, done_B, carry = state
-      carry, logits_BxV = step(carry, tokens_BxN[:, i - 1], i - 1)
+      i, tokens_BxG, logits_BxGxV, done_B, carry = state
+      carry, logits_BxV = step(carry, tokens_BxG[:, i - 1], i - 1)
       tok_B = draw(logits_BxV, i)
       if eos_id is not None:
         tok_B = jnp.where(done_B, fill, tok_B)
         done_B = done_B | (tok_B == fill)
-      tokens_BxN = lax.dynamic_update_slice(tokens_BxN, tok_B[:, None], (0, i))
-      if logits_BxNxV is not None:
-        logits_BxNxV = lax.dynamic_update_slice(logits_BxNxV, logits_BxV[:, None], (0, i, 0))
-      return i + 1, tokens_BxN, logits_BxNxV, done_B, carry
+      tokens_BxG = lax.dynamic_update_slice(tokens_BxG, tok_B[:, None], (0, i))
+      if logits_BxGxV is not None:
+        logits_BxGxV = lax.dynamic_update_slice(logits_BxGxV, logits_BxV[:, None], (0, i, 0))
+      return i + 1, tokens_BxG, logits_BxGxV, done_B, carry
 
-    state = (jnp.ones((), jnp.int32), tokens_BxN, logits_BxNxV, done_B, carry)
-    _, tokens_BxN, logits_BxNxV, _, _ = lax.while_loop(cond, body, state)
-    return (tokens_BxN, logits_BxNxV) if return_logits else tokens_BxN
+    state = (jnp.ones((), jnp.int32), tokens_BxG, logits_BxGxV, done_B, carry)
+    _, tokens_BxG, logits_BxGxV, _, _ = lax.while_loop(cond, body, state)
+    return (tokens_BxG, logits_BxGxV) if return_logits else tokens_BxG
 
   return jax.jit(run)
 

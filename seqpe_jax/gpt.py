@@ -51,6 +51,8 @@ class GPT(nn.Module):
   train_len: int = 512
   official_cache_bias: bool = False  # cached decoding reproduces the official flaw (`extend`)
 
+  # Parameter paths start with `posenc.MODULE_NAME` (the optimizer groups depend on it).
+
   def setup(self):
     c = self.cfg
     dtype = dtype_of(c.dtype)
@@ -75,14 +77,14 @@ class GPT(nn.Module):
                            kernel_init=layers.partitioned(layers.normal(0.02), ('embed', 'vocab')))
 
   def encode_positions(self, positions_PxL: jax.Array,
-                       aux_positions_Mxd: jax.Array | None = None, *, mode: str = 'extend',
+                       aux_positions_Mxn: jax.Array | None = None, *, mode: str = 'extend',
                        deterministic: bool = True) -> PEOutput:
     """The position encoding alone (cache it per evaluation length)."""
-    return self.posenc(positions_PxL[..., None], aux_positions_Mxd=aux_positions_Mxd,
+    return self.posenc(positions_PxL[..., None], aux_positions_Mxn=aux_positions_Mxn,
                        mode=mode, deterministic=deterministic)
 
   def __call__(self, tokens_BxL: jax.Array, positions_PxL: jax.Array | None = None, *,
-               pe: PEOutput | None = None, aux_positions_Mxd: jax.Array | None = None,
+               pe: PEOutput | None = None, aux_positions_Mxn: jax.Array | None = None,
                mask_BxLxL: jax.Array | None = None, embeddings_BxLxC: jax.Array | None = None,
                deterministic: bool = True) -> tuple[jax.Array, PEOutput]:
     """Returns `(logits_BxLxV float32, pe)`.
@@ -91,7 +93,7 @@ class GPT(nn.Module):
       tokens_BxL: token ids.
       positions_PxL: int positions; None means `0..L-1` for every row.
       pe: a precomputed `encode_positions` result (skips the encoder).
-      aux_positions_Mxd: SeqPE auxiliary positions, embedded in the same call.
+      aux_positions_Mxn: SeqPE auxiliary positions, embedded in the same call.
       mask_BxLxL: optional extra attention mask (padding / packed segments).
       embeddings_BxLxC: input embeddings used instead of `tok_embed(tokens)`
         (soft prompts; gradient probes in the causality test).
@@ -100,7 +102,7 @@ class GPT(nn.Module):
     if pe is None:
       if positions_PxL is None:
         positions_PxL = jnp.arange(l, dtype=jnp.int32)[None]
-      pe = self.encode_positions(positions_PxL, aux_positions_Mxd, deterministic=deterministic)
+      pe = self.encode_positions(positions_PxL, aux_positions_Mxn, deterministic=deterministic)
     x_BxLxC = self.tok_embed(tokens_BxL) if embeddings_BxLxC is None else embeddings_BxLxC
     x_BxLxC = self._embed(x_BxLxC, pe, deterministic)
     for block in self.blocks:
@@ -143,7 +145,6 @@ def init_cache(model: GPT, batch: int, max_len: int) -> tuple[KVCache, ...]:
   """Empty per-layer decoding caches of `max_len` slots for `GPT.extend`."""
   c = model.cfg
   dh = c.width // c.num_heads
-  scalar = model.pe.type == 'seqpe' and model.pe.apply == 'attn_scalar'
-  k_dim = 2 * dh if scalar else dh
+  k_dim = model.pe.injection().key_dim(dh)  # keys as attention sees them (attn_scalar: [k; PE_k])
   return tuple(KVCache.empty(batch, max_len, c.num_heads, k_dim, dh, dtype_of(c.dtype))
                for _ in range(c.num_layers))

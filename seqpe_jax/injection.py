@@ -1,19 +1,23 @@
-"""Position-aware self-attention: every way a position encoding enters attention.
+"""Position-aware self-attention: the hook through which every PE type enters attention.
 
 Method doc §3. A `PEContext` (arrays, computed once per forward by the
-position encoder) is handed to every layer; `Injection` (static) says how to
-use it:
+position encoder) is handed to every layer; the PE type's `AttentionHook`
+(static, hashable; `posenc.PEType.hook`) says how to use it, in two steps:
 
-  none         plain attention (NoPE, or input-level PEs added to the embeddings)
-  attn_add     q += PE_q, k += PE_k
-  attn_mul     q *= PE_q, k *= PE_k
-  attn_scalar  logits += s * PE_q·PE_k  (per head), computed either as an explicit
-               bias (`scalar_form='bias'`) or by concatenation
-               q~ = [q; s PE_q], k~ = [k; PE_k] with scale 1/sqrt(d_h)
-               (`'concat'`: same math, bias-free, so fused kernels and KV caches carry it)
-  rope         rotate q, k by precomputed angles (1-D RoPE, axial RoPE-2D)
-  rope_mixed   rotate by per-layer learnable 2-D frequencies (RoPE-Mixed)
-  alibi        logits += -m_h (i - j)
+  transform(q, k)   per-row: q from the queries' context rows, k from the keys'
+                    (attn_add q += PE_q, k += PE_k; attn_mul q *= PE_q, k *= PE_k;
+                    attn_scalar q~ = [q; s PE_q], k~ = [k; PE_k]; RoPE rotations)
+  scores(q, k_S)    per query-key pair: an additive logit bias from the query
+                    and key positions (ALiBi -m_h (i - j), FIRE, KERPLE), or
+                    attn_scalar's explicit bias `s PE_q·PE_k` (`scalar_form='bias'`)
+
+Queries and keys carry separate positions: `PEContext.for_queries(L)` is the
+queries' rows (its `query` field if set, else the last L rows, the general
+query slice; the SeqPE encoder's CLS-only last layer is L = 1), and the keys
+are the context's rows — or, with a `KVCache`, every cached key: `transform`
+runs on the new rows, the transformed keys k~ and their positions go into the
+cache, and `scores` sees the query positions against all cached key positions.
+So uncached self-attention is the special case "no earlier keys".
 
 PE_q/PE_k come from a `pe_qk` Dense(D→2D): one shared projection computed by
 the position encoder (`pe_qk='single'`, text setting), one per layer
@@ -21,11 +25,7 @@ the position encoder (`pe_qk='single'`, text setting), one per layer
 have a leading position-set dim P that divides the batch B: sample b uses set
 `b mod P` (the official tiling).
 
-Cached decoding (`cache=`): the context holds the rows of the *new* tokens
-only; their keys go into a `KVCache` as attention sees them (rotated for
-RoPE, `k + PE_k` / `k * PE_k`, `[k; PE_k]` for attn_scalar) together with
-their positions (ALiBi), and the new queries attend to every filled slot.
-`Injection.official_cache_bias` reproduces the released code's flaw instead:
+`official_cache_bias` reproduces the released code's cached-decoding flaw:
 keys cached by earlier calls see the new query's own PE_k (attn_scalar) or
 position (ALiBi), so a decode step's bias is constant over its key row.
 """
@@ -45,43 +45,35 @@ from seqpe_jax import baselines, layers
 
 Dtype = Any
 
-METHODS = ('none', 'attn_add', 'attn_mul', 'attn_scalar', 'rope', 'rope_mixed', 'alibi')
-
-
-@dataclasses.dataclass(frozen=True)
-class Injection:
-  """How positions enter attention (static, hashable)."""
-
-  method: str = 'none'
-  pe_qk: str = 'single'          # 'single' | 'multi' | 'none' (attn_* methods)
-  multi_head: bool = True        # PE_q/PE_k split over heads (else one head broadcast)
-  scalar_scale: float = 1.0      # s in attn_scalar
-  scalar_form: str = 'concat'    # 'concat' | 'bias' (attn_scalar)
-  alibi_before_scale: bool = False  # official quirk: bias added before 1/sqrt(d_h)
-  rope_mixed_theta: float = 10.0
-  logit_mult: float = 1.0        # extra logit scale (YaRN's mscale**2)
-  official_cache_bias: bool = False  # cached decoding: the official constant-bias flaw
-
-  def __post_init__(self):
-    if self.method not in METHODS:
-      raise ValueError(f'unknown attention injection {self.method!r}; one of {METHODS}')
-    if self.pe_qk not in ('single', 'multi', 'none'):
-      raise ValueError(f'pe_qk must be single, multi or none, got {self.pe_qk!r}')
-    if self.scalar_form not in ('concat', 'bias'):
-      raise ValueError(f'scalar_form must be concat or bias, got {self.scalar_form!r}')
-
 
 @flax.struct.dataclass
 class PEContext:
-  """Position information shared by all layers; leading dim P divides the batch."""
+  """Position information shared by all layers; leading dim P divides the batch.
 
-  positions: jax.Array | None = None   # int [P, L, d]; for ALiBi, RoPE-Mixed
-  rope_mask: jax.Array | None = None   # bool [P, L]; False = not rotated (ViT CLS)
-  angles: jax.Array | None = None      # [P, L, K/2] RoPE angles
-  embed: jax.Array | None = None       # [P, L, D] PE output, for per-layer pe_qk
-  q_pe: jax.Array | None = None        # [P, L, D] shared pe_qk output (query half)
-  k_pe: jax.Array | None = None        # [P, L, D] (key half)
-  input_embed: jax.Array | None = None  # [P, L, C] added to the token embeddings
+  Every array is row-major `[P, S, ...]` over the key rows (S keys); the query
+  rows are `for_queries(L)`.
+  """
+
+  positions: jax.Array | None = None   # int [P, S, n]; for position biases, RoPE-Mixed
+  rope_mask: jax.Array | None = None   # bool [P, S]; False = not rotated (ViT CLS)
+  angles: jax.Array | None = None      # [P, S, K/2] RoPE angles
+  embed: jax.Array | None = None       # [P, S, E] PE output, for per-layer pe_qk
+  q_pe: jax.Array | None = None        # [P, S, E] shared pe_qk output (query half)
+  k_pe: jax.Array | None = None        # [P, S, E] (key half)
+  input_embed: jax.Array | None = None  # [P, S, C] added to the token embeddings
+  query: 'PEContext | None' = None     # the queries' rows when they are not the keys' last rows
+
+  def for_queries(self, length: int) -> 'PEContext':
+    """The context rows of `length` queries: `query`, or the last `length` key rows."""
+    if self.query is not None:
+      return self.query
+    return jax.tree.map(lambda x: x if x.shape[1] == length else x[:, x.shape[1] - length:],
+                        self)
+
+  def q_positions(self, length: int) -> jax.Array | None:
+    """1-D query positions `[P, L]` (None if the context has none)."""
+    pos = self.for_queries(length).positions
+    return None if pos is None else pos[..., 0]
 
 
 @flax.struct.dataclass
@@ -90,7 +82,7 @@ class KVCache:
 
   k: jax.Array       # [B, S, H, K~] keys as attention sees them (K~ = 2 K for attn_scalar)
   v: jax.Array       # [B, S, H, K]
-  pos: jax.Array     # int32 [B, S] key positions (ALiBi)
+  pos: jax.Array     # int32 [B, S] key positions (position biases)
   length: jax.Array  # int32 [] filled slots
 
   @classmethod
@@ -111,13 +103,13 @@ def tile_to_batch(x_P: jax.Array, batch: int) -> jax.Array:
   return jnp.tile(x_P, (batch // p,) + (1,) * (x_P.ndim - 1))
 
 
-def split_heads(x_PxLxD: jax.Array, num_heads: int, head_dim: int, multi_head: bool) -> jax.Array:
-  """`[P, L, D]` → `[P, L, H', K]` with H' = heads (multi-head) or 1 (broadcast)."""
+def split_heads(x_PxLxE: jax.Array, num_heads: int, head_dim: int, multi_head: bool) -> jax.Array:
+  """`[P, L, E]` → `[P, L, H', K]` with H' = heads (multi-head) or 1 (broadcast)."""
   hp = num_heads if multi_head else 1
-  if x_PxLxD.shape[-1] != hp * head_dim:
-    raise ValueError(f'PE width {x_PxLxD.shape[-1]} must equal {hp}x{head_dim} '
+  if x_PxLxE.shape[-1] != hp * head_dim:
+    raise ValueError(f'PE width {x_PxLxE.shape[-1]} must equal {hp}x{head_dim} '
                      f'(multi_head={multi_head}, heads={num_heads}, head_dim={head_dim})')
-  return x_PxLxD.reshape(*x_PxLxD.shape[:2], hp, head_dim)
+  return x_PxLxE.reshape(*x_PxLxE.shape[:2], hp, head_dim)
 
 
 def scalar_bias(q_pe_PxLxHxK: jax.Array, k_pe_PxSxHxK: jax.Array, scale: float) -> jax.Array:
@@ -136,11 +128,176 @@ def concat_scalar(q_BxLxHxK, k_BxSxHxK, q_pe_BxLxHxK, k_pe_BxSxHxK, scale: float
   return q, k
 
 
+# ----------------------------------------------------------------------------- hooks
+
+@dataclasses.dataclass(frozen=True)
+class AttentionHook:
+  """How a PE type enters attention (static, hashable); this base does nothing (NoPE,
+  input-level PEs). Subclass and override `transform` and/or `scores`.
+
+  Attributes:
+    logit_mult: extra logit scale (YaRN's mscale**2).
+    official_cache_bias: cached decoding reproduces the official flaw (module doc).
+  """
+
+  logit_mult: float = 1.0
+  official_cache_bias: bool = False
+
+  def key_dim(self, head_dim: int) -> int:
+    """Width of a key as attention sees it (what the KV cache stores)."""
+    return head_dim
+
+  def transform(self, mod: nn.Module, q_BxLxHxK: jax.Array, k_BxSxHxK: jax.Array,
+                q_ctx: PEContext, k_ctx: PEContext) -> tuple[jax.Array, jax.Array]:
+    """Per-row q / k transform from the queries' and the keys' context rows.
+
+    Runs inside `mod` (the `PEAttention`): create per-layer parameters there.
+    """
+    return q_BxLxHxK, k_BxSxHxK
+
+  def scores(self, mod: nn.Module, q_BxLxHxK: jax.Array, k_BxSxHxK: jax.Array, *,
+             q_pos: jax.Array | None, k_pos: jax.Array | None, scale: float, causal: bool,
+             num_old: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """`(q, k, bias)` for the logits `scale q·k + bias`, bias `[P|B|1, H|1, L, S]` or None.
+
+    q_pos `[P|B, L]` / k_pos `[P|B, S]`: 1-D query / key positions (None if the
+    context has none); num_old: keys cached by earlier calls (None: no cache).
+    """
+    return q_BxLxHxK, k_BxSxHxK, None
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqPEHook(AttentionHook):
+  """SeqPE's attn_add / attn_mul / attn_scalar (PE_q, PE_k from the context)."""
+
+  method: str = 'attn_scalar'    # attn_add | attn_mul | attn_scalar
+  pe_qk: str = 'single'          # 'single' | 'multi' | 'none'
+  multi_head: bool = True        # PE_q/PE_k split over heads (else one head broadcast)
+  scalar_scale: float = 1.0      # s in attn_scalar
+  scalar_form: str = 'concat'    # 'concat' | 'bias' (attn_scalar)
+  init_std: float = 0.02         # per-layer pe_qk init
+
+  def __post_init__(self):
+    if self.method not in ('attn_add', 'attn_mul', 'attn_scalar'):
+      raise ValueError(f'unknown SeqPE attention method {self.method!r}')
+    if self.pe_qk not in ('single', 'multi', 'none'):
+      raise ValueError(f'pe_qk must be single, multi or none, got {self.pe_qk!r}')
+    if self.scalar_form not in ('concat', 'bias'):
+      raise ValueError(f'scalar_form must be concat or bias, got {self.scalar_form!r}')
+
+  def key_dim(self, head_dim):
+    return 2 * head_dim if self.method == 'attn_scalar' else head_dim
+
+  def _split(self, mod, q_ctx, k_ctx, dh):
+    """PE_q of the query rows and PE_k of the key rows, `[P, L|S, H', K]`."""
+    if self.pe_qk == 'multi':
+      dense = nn.Dense(2 * k_ctx.embed.shape[-1], dtype=mod.dtype, param_dtype=mod.param_dtype,
+                       kernel_init=layers.partitioned(layers.normal(self.init_std),
+                                                      ('pe_out', 'pe_qk')),
+                       bias_init=layers.partitioned(nn.initializers.zeros, ('pe_qk',)),
+                       name='pe_qk')
+      _, k_pe = jnp.split(dense(k_ctx.embed.astype(mod.dtype)), 2, axis=-1)
+      if q_ctx.embed is k_ctx.embed:
+        q_pe = _
+      else:
+        q_pe, _ = jnp.split(dense(q_ctx.embed.astype(mod.dtype)), 2, axis=-1)
+    else:
+      q_pe, k_pe = q_ctx.q_pe, k_ctx.k_pe
+    return (split_heads(q_pe, mod.num_heads, dh, self.multi_head),
+            split_heads(k_pe, mod.num_heads, dh, self.multi_head))
+
+  def transform(self, mod, q_BxLxHxK, k_BxSxHxK, q_ctx, k_ctx):
+    b, dh = q_BxLxHxK.shape[0], q_BxLxHxK.shape[-1]
+    q_pe, k_pe = self._split(mod, q_ctx, k_ctx, dh)
+    q_pe, k_pe = tile_to_batch(q_pe, b), tile_to_batch(k_pe, b)
+    q, k = q_BxLxHxK, k_BxSxHxK
+    if self.method == 'attn_add':
+      return q + q_pe.astype(q.dtype), k + k_pe.astype(k.dtype)
+    if self.method == 'attn_mul':
+      return q * q_pe.astype(q.dtype), k * k_pe.astype(k.dtype)
+    # attn_scalar: k~ = [k; PE_k] whatever the form (the cache stores it). The bias form keeps
+    # PE_q unscaled so that `scores` computes s PE_q·PE_k exactly as the explicit bias.
+    s = self.scalar_scale if self.scalar_form == 'concat' else 1.0
+    return concat_scalar(q, k, q_pe, k_pe, s)
+
+  def scores(self, mod, q_BxLxHxK, k_BxSxHxK, *, q_pos, k_pos, scale, causal, num_old):
+    official = self.official_cache_bias and num_old is not None
+    if self.method != 'attn_scalar' or (self.scalar_form == 'concat' and not official):
+      return q_BxLxHxK, k_BxSxHxK, None
+    dh = q_BxLxHxK.shape[-1] // 2
+    q_pe = q_BxLxHxK[..., dh:].astype(jnp.float32)
+    k_pe = k_BxSxHxK[..., dh:].astype(jnp.float32)
+    if self.scalar_form == 'concat' and self.scalar_scale:  # PE_q was scaled by s in transform
+      q_pe = q_pe / self.scalar_scale
+    dots = jnp.einsum('blhk,bshk->bhls', q_pe, k_pe)
+    if official:  # earlier keys see the query's own PE_k (its slot is num_old + l)
+      l, s = dots.shape[2], dots.shape[3]
+      own = jnp.take_along_axis(dots, (num_old + jnp.arange(l))[None, None, :, None], axis=-1)
+      dots = jnp.where(jnp.arange(s) < num_old, own, dots)
+    bias = self.scalar_scale * dots * scale
+    return q_BxLxHxK[..., :dh], k_BxSxHxK[..., :dh], bias
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeHook(AttentionHook):
+  """Rotates q, k by the context's precomputed angles (1-D RoPE, axial RoPE-2D)."""
+
+  def transform(self, mod, q_BxLxHxK, k_BxSxHxK, q_ctx, k_ctx):
+    b = q_BxLxHxK.shape[0]
+    return (baselines.apply_rope(q_BxLxHxK, tile_to_batch(q_ctx.angles, b)),
+            baselines.apply_rope(k_BxSxHxK, tile_to_batch(k_ctx.angles, b)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeMixedHook(AttentionHook):
+  """RoPE-Mixed: per-layer learnable 2-D frequencies (param `rope_freqs`)."""
+
+  theta: float = 10.0
+
+  def transform(self, mod, q_BxLxHxK, k_BxSxHxK, q_ctx, k_ctx):
+    b, _, h, dh = q_BxLxHxK.shape
+    freqs = mod.param(
+        'rope_freqs', layers.partitioned(
+            lambda key, shape, dtype: baselines.rope_mixed_init_freqs(
+                key, h, dh, self.theta).astype(dtype), (None, 'heads', None)),
+        (2, h, dh // 2), mod.param_dtype)
+
+    def angles(ctx):
+      a = baselines.rope_mixed_angles(ctx.positions, freqs)  # [P, L, H, K/2]
+      if ctx.rope_mask is not None:
+        a = a * ctx.rope_mask[..., None, None]
+      return tile_to_batch(a, b)
+    return (baselines.apply_rope(q_BxLxHxK, angles(q_ctx)),
+            baselines.apply_rope(k_BxSxHxK, angles(k_ctx)))
+
+
+@dataclasses.dataclass(frozen=True)
+class AlibiHook(AttentionHook):
+  """logits += -m_h (i - j) from the query and key positions."""
+
+  before_scale: bool = False  # official quirk: bias added before 1/sqrt(d_h)
+
+  def scores(self, mod, q_BxLxHxK, k_BxSxHxK, *, q_pos, k_pos, scale, causal, num_old):
+    slopes = baselines.alibi_slopes(mod.num_heads)
+    if self.official_cache_bias and num_old is not None:  # earlier keys: the query's position
+      s = k_pos.shape[-1]
+      k_pos_XxLxS = jnp.where(jnp.arange(s) < num_old, q_pos[:, :, None], k_pos[:, None, :])
+      dist = q_pos[:, :, None].astype(jnp.float32) - k_pos_XxLxS.astype(jnp.float32)
+      bias = -jnp.asarray(slopes)[None, :, None, None] * dist[:, None]
+    else:
+      bias = baselines.alibi_bias(q_pos, k_pos, slopes, causal=causal)
+    if self.before_scale:
+      bias = bias * scale
+    return q_BxLxHxK, k_BxSxHxK, bias
+
+
+# ----------------------------------------------------------------------------- attention
+
 class PEAttention(nn.Module):
   """Multi-head self-attention with a position-encoding hook (GPT-2 projections)."""
 
   num_heads: int
-  injection: Injection = Injection()
+  injection: AttentionHook = AttentionHook()
   causal: bool = True
   dropout_rate: float = 0.0
   implementation: str = 'reference'
@@ -152,154 +309,57 @@ class PEAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxLxC: jax.Array, ctx: PEContext, mask_BxLxS: jax.Array | None = None,
+  def __call__(self, x_BxSxC: jax.Array, ctx: PEContext, mask_BxLxS: jax.Array | None = None,
                deterministic: bool = True, cache: KVCache | None = None
                ) -> jax.Array | tuple[jax.Array, KVCache]:
-    """Attention output `[B, L, C]`; with `cache`, `(output, updated cache)`."""
-    b, l, c = x_BxLxC.shape
-    h, inj = self.num_heads, self.injection
-    dh = c // h
+    """Attention output `[B, L, C]` (L = 1 with `last_query_only`, else S); with `cache`,
+    `(output, updated cache)` — the S new rows attend to every cached key."""
+    b, s, d = x_BxSxC.shape
+    h, hook = self.num_heads, self.injection
+    dh = d // h
     qkv = layers.Linear((3, h, dh), ('embed', None, 'heads', 'kv'), use_bias=self.use_bias,
                         init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name='qkv')(x_BxLxC)
+                        name='qkv')(x_BxSxC)
     q, k, v = (layers.constrain(qkv[:, :, i], ('act_batch', 'act_len', 'act_heads', None))
                for i in range(3))
-    scale, bias = dh**-0.5 * inj.logit_mult, None
-    project = lambda o_BxLxHxK: layers.Linear(
-        (c,), ('heads', 'kv', 'embed'), n_in=2, use_bias=self.use_bias,
-        init_std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype,
-        name='out')(o_BxLxHxK)
-    if cache is not None:
-      out_BxLxHxK, cache = self._cached(q, k, v, ctx, cache, scale, mask_BxLxS)
-      return project(out_BxLxHxK), cache
-
-    if inj.method in ('attn_add', 'attn_mul', 'attn_scalar'):
-      q_pe, k_pe = self._pe_qk(ctx, dh)
-      if inj.method == 'attn_scalar' and inj.scalar_form == 'bias':
-        bias = scalar_bias(q_pe, k_pe, inj.scalar_scale) * scale  # [P, H', L, L], pre-scaling
-      q_pe, k_pe = tile_to_batch(q_pe, b), tile_to_batch(k_pe, b)
-      if inj.method == 'attn_add':
-        q, k = q + q_pe.astype(q.dtype), k + k_pe.astype(k.dtype)
-      elif inj.method == 'attn_mul':
-        q, k = q * q_pe.astype(q.dtype), k * k_pe.astype(k.dtype)
-      elif inj.scalar_form == 'concat':
-        q, k = concat_scalar(q, k, q_pe, k_pe, inj.scalar_scale)
-    elif inj.method in ('rope', 'rope_mixed'):
-      q, k = self._rotate(q, k, ctx)
-    elif inj.method == 'alibi':
-      pos = ctx.positions[..., 0]
-      slopes = baselines.alibi_slopes(h)
-      bias = baselines.alibi_bias(pos, pos, slopes, causal=self.causal)
-      if inj.alibi_before_scale:
-        bias = bias * scale
-
+    scale = dh**-0.5 * hook.logit_mult
+    l = 1 if self.last_query_only else s
+    q = q[:, s - l:]  # the general query slice: queries are the last l rows
+    q_ctx = ctx.for_queries(l)
+    q, k = hook.transform(self, q, k, q_ctx, ctx)
+    q_pos = None if q_ctx.positions is None else q_ctx.positions[..., 0]
+    if cache is None:
+      k_pos = None if ctx.positions is None else ctx.positions[..., 0]
+      k_all, v_all, num_old = k, v, None
+      mask = layers.causal_mask(l, s)[None, None] if self.causal else None
+      if mask_BxLxS is not None:
+        extra = mask_BxLxS[:, None, s - l:]
+        mask = extra if mask is None else mask & extra
+    else:
+      if not self.causal or self.last_query_only or mask_BxLxS is not None:
+        raise ValueError('cached attention is causal, without last_query_only or an extra mask')
+      t = cache.length
+      q_pos = (jnp.broadcast_to(t + jnp.arange(l, dtype=jnp.int32), (b, l)) if q_pos is None
+               else tile_to_batch(q_pos, b).astype(jnp.int32))
+      cache = cache.replace(
+          k=lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, t, 0, 0)),
+          v=lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), (0, t, 0, 0)),
+          pos=lax.dynamic_update_slice(cache.pos, q_pos, (0, t)), length=t + l)
+      k_all, v_all, k_pos, num_old = cache.k, cache.v, cache.pos, t
+      slots_S = jnp.arange(cache.k.shape[1])
+      mask = (slots_S[None, :] <= t + jnp.arange(l)[:, None])[None, None]  # [1, 1, L, S]
+    q, k_all, bias = hook.scores(self, q, k_all, q_pos=q_pos, k_pos=k_pos, scale=scale,
+                                 causal=self.causal, num_old=num_old)
     if bias is not None and bias.shape[0] != 1:
       bias = tile_to_batch(bias, b)
-    mask = layers.causal_mask(l, l)[None, None] if self.causal else None
-    if mask_BxLxS is not None:
-      extra = mask_BxLxS[:, None]
-      mask = extra if mask is None else mask & extra
-    if self.last_query_only:
-      q = q[:, -1:]
-      mask = None if mask is None else mask[..., -1:, :]
-      bias = None if bias is None else bias[..., -1:, :]
-    rng = None
-    if not deterministic and self.dropout_rate > 0.0:
+    rate, rng = (self.dropout_rate, None) if cache is None else (0.0, None)  # decoding: eval
+    if cache is None and not deterministic and self.dropout_rate > 0.0:
       rng = self.make_rng('dropout')
     out_BxLxHxK = layers.dot_product_attention(
-        q, k, v, scale=scale, bias=bias, mask=mask, implementation=self.implementation,
-        dropout_rate=self.dropout_rate, dropout_rng=rng)
+        q, k_all, v_all, scale=scale, bias=bias, mask=mask, implementation=self.implementation,
+        dropout_rate=rate, dropout_rng=rng)
     out_BxLxHxK = layers.constrain(out_BxLxHxK, ('act_batch', 'act_len', 'act_heads', None))
-    return project(out_BxLxHxK)
-
-  def _rotate(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, ctx: PEContext
-              ) -> tuple[jax.Array, jax.Array]:
-    """RoPE / RoPE-Mixed rotation of q and k by the context's positions."""
-    b, _, h, dh = q_BxLxHxK.shape
-    if self.injection.method == 'rope':
-      angles = tile_to_batch(ctx.angles, b)
-    else:
-      freqs = self.param(
-          'rope_freqs', layers.partitioned(
-              lambda key, shape, dtype: baselines.rope_mixed_init_freqs(
-                  key, h, dh, self.injection.rope_mixed_theta).astype(dtype),
-              (None, 'heads', None)),
-          (2, h, dh // 2), self.param_dtype)
-      angles = baselines.rope_mixed_angles(ctx.positions, freqs)  # [P, L, H, K/2]
-      if ctx.rope_mask is not None:
-        angles = angles * ctx.rope_mask[..., None, None]
-      angles = tile_to_batch(angles, b)
-    return baselines.apply_rope(q_BxLxHxK, angles), baselines.apply_rope(k_BxLxHxK, angles)
-
-  def _cached(self, q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array, v_BxLxHxK: jax.Array,
-              ctx: PEContext, cache: KVCache, scale: float,
-              mask_BxLxS: jax.Array | None) -> tuple[jax.Array, KVCache]:
-    """New queries (slots t..t+L-1, `ctx` = their PE rows) attend to cached keys 0..t+L-1."""
-    inj = self.injection
-    if not self.causal or self.last_query_only or mask_BxLxS is not None:
-      raise ValueError('cached attention is causal, without last_query_only or an extra mask')
-    b, l, h, dh = q_BxLxHxK.shape
-    q, k = q_BxLxHxK, k_BxLxHxK
-    t = cache.length
-    if ctx.positions is not None:
-      q_pos_BxL = tile_to_batch(ctx.positions[..., 0], b).astype(jnp.int32)
-    else:
-      q_pos_BxL = jnp.broadcast_to(t + jnp.arange(l, dtype=jnp.int32), (b, l))
-    q_pe = k_pe = None
-    if inj.method in ('attn_add', 'attn_mul', 'attn_scalar'):
-      q_pe, k_pe = self._pe_qk(ctx, dh)
-      q_pe, k_pe = tile_to_batch(q_pe, b), tile_to_batch(k_pe, b)
-      if inj.method == 'attn_add':
-        q, k = q + q_pe.astype(q.dtype), k + k_pe.astype(k.dtype)
-      elif inj.method == 'attn_mul':
-        q, k = q * q_pe.astype(q.dtype), k * k_pe.astype(k.dtype)
-      else:  # cache k~ = [k; PE_k] whatever the form
-        q, k = concat_scalar(q, k, q_pe, k_pe, inj.scalar_scale)
-    elif inj.method in ('rope', 'rope_mixed'):
-      q, k = self._rotate(q, k, ctx)
-    cache = cache.replace(
-        k=lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), (0, t, 0, 0)),
-        v=lax.dynamic_update_slice(cache.v, v_BxLxHxK.astype(cache.v.dtype), (0, t, 0, 0)),
-        pos=lax.dynamic_update_slice(cache.pos, q_pos_BxL, (0, t)), length=t + l)
-    s = cache.k.shape[1]
-    slots_S = jnp.arange(s)
-    mask = (slots_S[None, :] <= t + jnp.arange(l)[:, None])[None, None]  # [1, 1, L, S]
-    old_S = slots_S < t  # keys written by earlier calls
-    k_all, bias = cache.k, None
-    if inj.method == 'attn_scalar' and (inj.scalar_form == 'bias' or inj.official_cache_bias):
-      q, k_all = q[..., :dh], cache.k[..., :dh]
-      q_pe_h = jnp.broadcast_to(q_pe, (b, l, h, dh)).astype(jnp.float32)
-      k_pe_h = cache.k[..., dh:].astype(jnp.float32)  # [B, S, H, K]
-      dots = jnp.einsum('blhk,bshk->bhls', q_pe_h, k_pe_h)
-      if inj.official_cache_bias:
-        own = jnp.einsum('blhk,blhk->bhl', q_pe_h, k[..., dh:].astype(jnp.float32))
-        dots = jnp.where(old_S, own[..., None], dots)
-      bias = inj.scalar_scale * dots * scale
-    elif inj.method == 'alibi':
-      slopes = baselines.alibi_slopes(h)
-      if inj.official_cache_bias:
-        k_pos_BxLxS = jnp.where(old_S, q_pos_BxL[:, :, None], cache.pos[:, None, :])
-        dist = q_pos_BxL[:, :, None].astype(jnp.float32) - k_pos_BxLxS.astype(jnp.float32)
-        bias = -jnp.asarray(slopes)[None, :, None, None] * dist[:, None]
-      else:
-        bias = baselines.alibi_bias(q_pos_BxL, cache.pos, slopes, causal=True)
-      if inj.alibi_before_scale:
-        bias = bias * scale
-    out_BxLxHxK = layers.dot_product_attention(
-        q, k_all, cache.v, scale=scale, bias=bias, mask=mask, implementation=self.implementation)
-    return layers.constrain(out_BxLxHxK, ('act_batch', 'act_len', 'act_heads', None)), cache
-
-  def _pe_qk(self, ctx: PEContext, dh: int) -> tuple[jax.Array, jax.Array]:
-    """PE_q, PE_k as `[P, L, H', K]` from the shared, per-layer or no projection."""
-    inj = self.injection
-    if inj.pe_qk == 'multi':
-      e = ctx.embed
-      pe = nn.Dense(2 * e.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=layers.partitioned(layers.normal(self.init_std), ('pe_out', 'pe_qk')),
-                    bias_init=layers.partitioned(nn.initializers.zeros, ('pe_qk',)),
-                    name='pe_qk')(e.astype(self.dtype))
-      q_pe, k_pe = jnp.split(pe, 2, axis=-1)
-    else:
-      q_pe, k_pe = ctx.q_pe, ctx.k_pe
-    return (split_heads(q_pe, self.num_heads, dh, inj.multi_head),
-            split_heads(k_pe, self.num_heads, dh, inj.multi_head))
+    out = layers.Linear((d,), ('heads', 'kv', 'embed'), n_in=2, use_bias=self.use_bias,
+                        init_std=self.out_init_std, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name='out')(out_BxLxHxK)
+    return out if cache is None else (out, cache)

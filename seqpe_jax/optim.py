@@ -17,9 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from seqpe_jax import posenc
 from seqpe_jax.errors import ConfigError
 
-PE_GROUP, BACKBONE_GROUP = 'seqpe_encoder', 'backbone'
+# The SeqPE encoder's group is declared by its PE class (`posenc.SeqPE.param_groups`).
+PE_GROUP, BACKBONE_GROUP = posenc.SEQPE_GROUP, 'backbone'
 # AdamW decays exactly the weight matrices / conv filters: every layer names them `kernel`
 # (Dense, Conv, `layers.Linear`). Embedding tables (`embedding`, the SeqPE digit tables),
 # position tables and vectors (`table`, `prefix_pos`, `cls_token`, `rope_freqs`), norms and
@@ -37,10 +39,10 @@ def _is_box(x) -> bool:
 
 
 def param_groups(params) -> Any:
-  """'seqpe_encoder' for the SeqPE encoder's parameters, 'backbone' for the rest."""
+  """The group a PE type declares for a parameter (`posenc.param_group`: the SeqPE
+  encoder's are 'seqpe_encoder'), 'backbone' for the rest."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: PE_GROUP if PE_GROUP in _path_keys(p) else BACKBONE_GROUP, params,
-      is_leaf=_is_box)
+      lambda p, _: posenc.param_group(_path_keys(p)) or BACKBONE_GROUP, params, is_leaf=_is_box)
 
 
 def decay_mask(params) -> Any:

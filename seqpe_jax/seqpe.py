@@ -29,7 +29,7 @@ Dtype = Any
 
 
 class SeqPEEncoder(nn.Module):
-  """Maps int positions `[..., data_dim]` to float `[..., out_dim]`.
+  """Maps int positions `[..., data_dim]` to float `[..., E]` (E = out_dim).
 
   Attributes:
     data_dim: number of position axes n (1 text, 2 images, 3 video/volumes).
@@ -75,10 +75,10 @@ class SeqPEEncoder(nn.Module):
       raise ValueError(f'SeqPEEncoder expects positions [..., {self.data_dim}], '
                        f'got shape {positions.shape}')
     batch_shape = positions.shape[:-1]
-    pos_MxN = positions.reshape(-1, self.data_dim)
-    m = pos_MxN.shape[0]
-    pos_MxN = _pad_to_batch_shards(pos_MxN)
-    digits_MxT = pos_lib.digitize(pos_MxN, self.max_digits, self.base)
+    pos_Mxn = positions.reshape(-1, self.data_dim)
+    m = pos_Mxn.shape[0]
+    pos_Mxn = _pad_to_batch_shards(pos_Mxn)
+    digits_MxT = pos_lib.digitize(pos_Mxn, self.max_digits, self.base)
     n_tok = self.data_dim * self.max_digits
     # The embedding tables are tiny (10 + k*n + n + 1 rows): replicated, never FSDP-sharded, so
     # the digit lookup stays local to the batch-sharded positions.
@@ -100,7 +100,7 @@ class SeqPEEncoder(nn.Module):
 
     mask_Mx1xT = None
     if self.mask_padding:  # leading zeros stop being keys; the CLS column always stays
-      pad_MxT = pos_lib.pad_mask(pos_MxN, self.max_digits, self.base)
+      pad_MxT = pos_lib.pad_mask(pos_Mxn, self.max_digits, self.base)
       mask_Mx1xT = jnp.concatenate([pad_MxT, jnp.ones_like(pad_MxT[:, :1])], axis=1)[:, None]
 
     for i in range(self.num_layers):
@@ -113,17 +113,17 @@ class SeqPEEncoder(nn.Module):
     h_MxD = x_MxTxD[:, -1]
     if self.final_ln:
       h_MxD = layers.LayerNorm(1e-5, self.dtype, self.param_dtype, name='ln_f')(h_MxD)
-    out_MxO = nn.Dense(
+    out_MxE = nn.Dense(
         self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=layers.partitioned(layers.normal(self.init_std), ('embed', 'pe_out')),
         bias_init=layers.partitioned(nn.initializers.zeros, ('pe_out',)),
         name='out_proj')(h_MxD)
     if self.temperature != 1.0:
-      out_MxO = out_MxO / self.temperature
-    return out_MxO[:m].reshape(*batch_shape, self.out_dim)
+      out_MxE = out_MxE / self.temperature
+    return out_MxE[:m].reshape(*batch_shape, self.out_dim)
 
 
-def _pad_to_batch_shards(pos_MxN: jax.Array) -> jax.Array:
+def _pad_to_batch_shards(pos_Mxn: jax.Array) -> jax.Array:
   """Pads the position batch to a multiple of the mesh's batch shards (zeros, dropped after).
 
   The encoder's position batch is sharded over ('data', 'fsdp'); an uneven count would make
@@ -134,8 +134,8 @@ def _pad_to_batch_shards(pos_MxN: jax.Array) -> jax.Array:
   for axis in ('data', 'fsdp'):
     if not mesh.empty and axis in mesh.axis_names:
       shards *= mesh.shape[axis]
-  pad = -pos_MxN.shape[0] % shards
-  return jnp.pad(pos_MxN, ((0, pad), (0, 0))) if pad else pos_MxN
+  pad = -pos_Mxn.shape[0] % shards
+  return jnp.pad(pos_Mxn, ((0, pad), (0, 0))) if pad else pos_Mxn
 
 
 def num_params(variables) -> int:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from seqpe_jax import layers
-from seqpe_jax.injection import Injection, KVCache, PEAttention, PEContext
+from seqpe_jax.injection import AttentionHook, KVCache, PEAttention, PEContext
 
 Dtype = Any
 
@@ -23,7 +23,7 @@ class Block(nn.Module):
   """
 
   num_heads: int
-  injection: Injection = Injection()
+  injection: AttentionHook = AttentionHook()
   causal: bool = True
   dropout_rate: float = 0.0
   attn_dropout_rate: float = 0.0

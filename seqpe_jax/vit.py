@@ -52,7 +52,7 @@ def patch_grid(image_hw: tuple[int, int], patch_size: int) -> tuple[int, int]:
 
 
 class ViT(nn.Module):
-  """Classifier: `logits = ViT(images_BxHxWxC, positions_PxNx2)`; CLS token first."""
+  """Classifier: `logits = ViT(images_Bxhxwxc, positions_PxNx2)`; CLS token first."""
 
   cfg: ViTConfig
   pe: PEConfig
@@ -87,24 +87,24 @@ class ViT(nn.Module):
     self.drop = nn.Dropout(c.dropout)
 
   def encode_positions(self, positions_PxNx2: jax.Array, grid_shape: tuple[int, int],
-                       aux_positions_Mxd: jax.Array | None = None, *, mode: str = 'extend',
+                       aux_positions_Mxn: jax.Array | None = None, *, mode: str = 'extend',
                        deterministic: bool = True) -> PEOutput:
     """The position encoding alone, CLS row included (cache it per image size)."""
-    return self.posenc(positions_PxNx2, grid_shape=grid_shape, aux_positions_Mxd=aux_positions_Mxd,
+    return self.posenc(positions_PxNx2, grid_shape=grid_shape, aux_positions_Mxn=aux_positions_Mxn,
                        mode=mode, deterministic=deterministic)
 
-  def __call__(self, images_BxHxWxC: jax.Array, positions_PxNx2: jax.Array | None = None, *,
-               pe: PEOutput | None = None, aux_positions_Mxd: jax.Array | None = None,
+  def __call__(self, images_Bxhxwxc: jax.Array, positions_PxNx2: jax.Array | None = None, *,
+               pe: PEOutput | None = None, aux_positions_Mxn: jax.Array | None = None,
                mode: str = 'extend', deterministic: bool = True) -> tuple[jax.Array, PEOutput]:
-    """Returns `(logits_BxK float32, pe)`; positions default to the image's patch grid."""
-    b = images_BxHxWxC.shape[0]
-    gh, gw = patch_grid(images_BxHxWxC.shape[1:3], self.cfg.patch_size)
+    """Returns `(logits_BxY float32, pe)`; positions default to the image's patch grid."""
+    b = images_Bxhxwxc.shape[0]
+    gh, gw = patch_grid(images_Bxhxwxc.shape[1:3], self.cfg.patch_size)
     if pe is None:
       if positions_PxNx2 is None:
         positions_PxNx2 = grid_2d(gh, gw)[None]
-      pe = self.encode_positions(positions_PxNx2, (gh, gw), aux_positions_Mxd, mode=mode,
+      pe = self.encode_positions(positions_PxNx2, (gh, gw), aux_positions_Mxn, mode=mode,
                                  deterministic=deterministic)
-    x_BxhxwxC = self.patch_embed(images_BxHxWxC.astype(self.patch_embed.dtype))
+    x_BxhxwxC = self.patch_embed(images_Bxhxwxc.astype(self.patch_embed.dtype))
     x_BxNxC = x_BxhxwxC.reshape(b, gh * gw, -1)
     cls = jnp.broadcast_to(jnp.asarray(self.cls_token, x_BxNxC.dtype), (b, 1, x_BxNxC.shape[-1]))
     x_BxNxC = jnp.concatenate([cls, x_BxNxC], axis=1)

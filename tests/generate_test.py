@@ -15,6 +15,7 @@ from absl.testing import absltest, parameterized
 
 from configs import smoke
 from seqpe_jax import generate as gen
+from seqpe_jax import relbias
 from seqpe_jax import main as main_lib
 from seqpe_jax import train
 from seqpe_jax.errors import ConfigError
@@ -42,6 +43,10 @@ VARIANTS = {
     'alibi': dict(type='alibi'),
     'alibi_before_scale': dict(type='alibi', alibi_before_scale=True),
     'nope': dict(type='nope'),
+    'fire': dict(type='fire'),
+    'fire_threshold_below_the_positions': dict(
+        type='fire', options=relbias.FireOptions(init_threshold=6.0)),
+    'kerple': dict(type='kerple'),
     'seqpe_attn_scalar_xla_attention': dict(type='seqpe', attention_impl='xla'),
 }
 # Where the official flag must change cached decoding (and where it must not).

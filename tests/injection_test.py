@@ -7,10 +7,19 @@ import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
 
-from seqpe_jax import injection
-from seqpe_jax.injection import Injection, PEAttention, PEContext
+from seqpe_jax import injection, relbias
+from seqpe_jax.injection import PEAttention, PEContext
 
 B, L, C, H = 4, 6, 16, 4
+
+
+def Injection(method='none', **kw):  # pylint: disable=invalid-name
+  """The attention hook of a method name (the registry's classes build them from a PEConfig)."""
+  if method in ('attn_add', 'attn_mul', 'attn_scalar'):
+    return injection.SeqPEHook(method=method, **kw)
+  return {'none': injection.AttentionHook, 'rope': injection.RopeHook,
+          'rope_mixed': injection.RopeMixedHook, 'alibi': injection.AlibiHook,
+          'fire': relbias.FireHook, 'kerple': relbias.KerpleHook}[method](**kw)
 
 
 def _ctx(key, p=2, width=C):
@@ -85,7 +94,7 @@ class InjectionTest(chex.TestCase, parameterized.TestCase):
     self.assertNotIn('pe_qk', shared['params'])
 
   @parameterized.parameters('none', 'attn_add', 'attn_mul', 'attn_scalar', 'rope', 'rope_mixed',
-                            'alibi')
+                            'alibi', 'fire', 'kerple')
   def test_fused_equals_reference(self, method):
     ctx = _ctx(jax.random.PRNGKey(8))
     ctx = ctx.replace(positions=jnp.broadcast_to(jnp.stack(

@@ -74,7 +74,7 @@ class SeqPEHookTest(chex.TestCase):
     enc = _pe('seqpe', dropout=0.0)
     pos = jnp.arange(8)[None, :, None]
     aux = jnp.array([[3], [500], [999]])
-    variables, out = _run(enc, pos, aux_positions_Mxd=aux)
+    variables, out = _run(enc, pos, aux_positions_Mxn=aux)
     chex.assert_shape(out.main_embed, (1, 8, C))
     chex.assert_shape(out.aux_embed, (3, C))
     alone = enc.apply(variables, aux[None])

@@ -280,7 +280,7 @@ class Checkpointer:
 
 
 def _dotted(path) -> str:
-  return '.'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+  return jax.tree_util.keystr(path, simple=True, separator='.')
 
 
 def _shape_mismatch(state_dir: pathlib.Path, abstract_state: Any) -> str | None:

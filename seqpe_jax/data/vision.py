@@ -457,6 +457,14 @@ def build_image_source(data_cfg: ml_collections.ConfigDict, split: str):
                     "'folder:<path>' or 'tfds:<name>'")
 
 
+def _flip(setting: str | bool, name: str) -> bool:
+  """`data.flip`: auto (on, except for the digit datasets, where a flip changes the class)."""
+  if isinstance(setting, bool):
+    return setting
+  _check_choice('flip', setting, ('auto', 'on', 'off'))
+  return setting == 'on' or (setting == 'auto' and name not in ('mnist', 'fashion_mnist'))
+
+
 def build_image_data(data_cfg: ml_collections.ConfigDict, *, image_size: int, batch_size: int,
                      seed: int, process_index: int = 0, process_count: int = 1) -> ImageData:
   """Train iterator, class/channel counts and an eval-batch factory from `config.data`."""
@@ -464,7 +472,7 @@ def build_image_data(data_cfg: ml_collections.ConfigDict, *, image_size: int, ba
     raise ConfigError(f'image size must be positive, got {image_size}')
   train = SubsetSource(build_image_source(data_cfg, 'train'),
                        data_cfg.get('max_train_examples', 0) or None)
-  flip = data_cfg.get('flip', train.name not in ('mnist', 'fashion_mnist'))
+  flip = _flip(data_cfg.get('flip', 'auto'), train.name)
   recipe = data_cfg.get('recipe', 'simple')
   eval_transform = data_cfg.get('eval_transform', 'resize')
   _check_choice('recipe', recipe, RECIPES)

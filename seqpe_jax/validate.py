@@ -118,84 +118,84 @@ def check_checkpointing(config: ml_collections.ConfigDict) -> None:
   # run reads it: a resumed fine-tuning run must not need the source run any more).
 
 
-def _check_data_common(d: ml_collections.ConfigDict) -> None:
-  _at_least(d, 'data', 'num_workers', 0)
+def _check_data_common(data_cfg: ml_collections.ConfigDict) -> None:
+  _at_least(data_cfg, 'data', 'num_workers', 0)
   for key in ('max_train_examples', 'max_eval_examples'):
-    _at_least(d, 'data', key, 0)
-  if d.dir:  # a missing data dir: the loader's one-line DataError, now
+    _at_least(data_cfg, 'data', key, 0)
+  if data_cfg.dir:  # a missing data dir: the loader's one-line DataError, now
     from seqpe_jax.data import common  # pylint: disable=g-import-not-at-top
-    common.resolve_data_dir(d.dir)
-  cache = pathlib.Path(d.cache_dir).expanduser() if d.cache_dir else None
+    common.resolve_data_dir(data_cfg.dir)
+  cache = pathlib.Path(data_cfg.cache_dir).expanduser() if data_cfg.cache_dir else None
   if cache is not None and cache.exists() and not cache.is_dir():
-    raise ConfigError(f'data.cache_dir={d.cache_dir} exists and is not a directory')
-  if not str(d.eval_split):
+    raise ConfigError(f'data.cache_dir={data_cfg.cache_dir} exists and is not a directory')
+  if not str(data_cfg.eval_split):
     raise ConfigError('data.eval_split must name a split, got an empty string')
-  tfds = str(d.name).startswith('tfds:')
-  if tfds and not str(d.name)[len('tfds:'):]:
+  tfds = str(data_cfg.name).startswith('tfds:')
+  if tfds and not str(data_cfg.name)[len('tfds:'):]:
     raise ConfigError("data.name=tfds: needs a dataset name, e.g. 'tfds:wikitext103'")
-  if d.tfds_data_dir and not tfds:
+  if data_cfg.tfds_data_dir and not tfds:
     raise ConfigError(f'data.tfds_data_dir is only read with data.name=tfds:<name> (got '
-                      f'data.name={d.name!r}); clear it')
-  _directory(d.tfds_data_dir, 'data.tfds_data_dir')
+                      f'data.name={data_cfg.name!r}); clear it')
+  _directory(data_cfg.tfds_data_dir, 'data.tfds_data_dir')
 
 
-def _data_file(d: ml_collections.ConfigDict, value: str, what: str) -> None:
+def _data_file(data_cfg: ml_collections.ConfigDict, value: str, what: str) -> None:
   """A file of the config: absolute, or relative to the data directory."""
   from seqpe_jax.data import common  # pylint: disable=g-import-not-at-top
-  path = common.resolve_path(value, d.dir)  # a missing data dir: one-line DataError
+  path = common.resolve_path(value, data_cfg.dir)  # a missing data dir: one-line DataError
   if not path.is_file():
     raise ConfigError(f'{what}: {path} is not a file')
 
 
-def check_lm_data(d: ml_collections.ConfigDict) -> None:
+def check_lm_data(data_cfg: ml_collections.ConfigDict) -> None:
   """`data` of a language-modelling run (corpus, tokenizer, QA fine-tuning source)."""
   from seqpe_jax.data import qa, text  # pylint: disable=g-import-not-at-top
-  _check_data_common(d)
-  name = str(d.name)
+  _check_data_common(data_cfg)
+  name = str(data_cfg.name)
   if name not in text.WIKITEXT_NAMES + ('files',) and not name.startswith('tfds:'):
     raise ConfigError(f'data.name must be one of {", ".join(text.WIKITEXT_NAMES)}, files or '
                       f'tfds:<name>, got {name!r}')
   for key in ('train_files', 'eval_files'):
-    if d[key] and name != 'files':
+    if data_cfg[key] and name != 'files':
       raise ConfigError(f'data.{key} is only read with data.name=files (got data.name={name!r});'
                         f' set data.name=files or clear data.{key}')
-  if name == 'files' and not d.train_files:
+  if name == 'files' and not data_cfg.train_files:
     raise ConfigError('data.name=files needs data.train_files (comma-separated text files; '
                       'they also train the tokenizer)')
   for key in ('train_files', 'eval_files'):
-    for p in filter(None, (s.strip() for s in d[key].split(','))):
-      _data_file(d, p, f'data.{key}')
+    for p in filter(None, (s.strip() for s in data_cfg[key].split(','))):
+      _data_file(data_cfg, p, f'data.{key}')
   if not name.startswith('tfds:'):
     for key in ('max_train_examples', 'max_eval_examples'):
-      if int(d[key]):
+      if int(data_cfg[key]):
         raise ConfigError(f'data.{key} is only read with data.name=tfds:<name> for text '
                           f'(got data.name={name!r}); use eval.max_tokens, or set it to 0')
-  _choice(d, 'data', 'tokenizer', TOKENIZERS)
-  _at_least(d, 'data', 'vocab_size', 1)
-  _choice(d, 'data', 'spm_model_type', SPM_MODEL_TYPES)
-  if bool(d.bpe_vocab) != bool(d.bpe_merges):
+  _choice(data_cfg, 'data', 'tokenizer', TOKENIZERS)
+  _at_least(data_cfg, 'data', 'vocab_size', 1)
+  _choice(data_cfg, 'data', 'spm_model_type', SPM_MODEL_TYPES)
+  if bool(data_cfg.bpe_vocab) != bool(data_cfg.bpe_merges):
     raise ConfigError('data.bpe_vocab and data.bpe_merges must be set together')
   for key in ('bpe_vocab', 'bpe_merges'):
-    if d[key] and d.tokenizer != 'gpt2':
+    if data_cfg[key] and data_cfg.tokenizer != 'gpt2':
       raise ConfigError(f'data.{key} is only read with data.tokenizer=gpt2 (got '
-                        f'{d.tokenizer!r}); clear it')
-    if d[key]:
-      _data_file(d, d[key], f'data.{key}')
-  qa.SFTConfig.from_config(d.sft)  # source, counts, jsonl file named
+                        f'{data_cfg.tokenizer!r}); clear it')
+    if data_cfg[key]:
+      _data_file(data_cfg, data_cfg[key], f'data.{key}')
+  qa.SFTConfig.from_config(data_cfg.sft)  # source, counts, jsonl file named
 
 
-def check_image_data(d: ml_collections.ConfigDict) -> None:
+def check_image_data(data_cfg: ml_collections.ConfigDict) -> None:
   """`data` of an image-classification run (source, augmentation recipe, eval transform)."""
   from seqpe_jax.data import augment, vision  # pylint: disable=g-import-not-at-top
-  _check_data_common(d)
-  name = str(d.name)  # a folder:<path> is read (and its absence reported) by the loader
+  _check_data_common(data_cfg)
+  name = str(data_cfg.name)  # a folder:<path> is read (and its absence reported) by the loader
   if not name.startswith(('folder:', 'tfds:')) and name not in ('mnist', 'cifar10'):
     raise ConfigError(f"data.name must be mnist, cifar10, folder:<path> or tfds:<name>, got "
                       f'{name!r}')
-  _choice(d, 'data', 'recipe', vision.RECIPES)
-  _choice(d, 'data', 'eval_transform', vision.EVAL_TRANSFORMS)
-  _choice(d, 'data', 'flip', FLIP)
-  augment.AugmentConfig.from_config(d.timm)  # probabilities, ranges, RandAugment string
+  _choice(data_cfg, 'data', 'recipe', vision.RECIPES)
+  _choice(data_cfg, 'data', 'eval_transform', vision.EVAL_TRANSFORMS)
+  _choice(data_cfg, 'data', 'flip', FLIP)
+  augment.AugmentConfig.from_config(data_cfg.timm)  # probabilities, ranges, RandAugment string
 
 
 # The data check of each task (the task package may own these later).

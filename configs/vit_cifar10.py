@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'gelu_approximate': True,  # MLP gelu: tanh approximation | False: exact erf (timm ViT)
       'dropout': 0.0,
       'attn_dropout': 0.0,
+      'drop_path': 0.0,          # stochastic depth at the last block (timm ViT-B/16: 0.1)
       'ln_eps': 1e-6,
       'dtype': 'float32',
       'attention_impl': 'reference',
@@ -64,9 +65,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict({
       'dir': '',                 # '' = $SEQPE_DATA_DIR or ../shared/data
       'name': a.data,            # cifar10 | mnist | folder:<path> | tfds:<name>
+      'tfds_data_dir': '',       # name=tfds:<name> only: TFDS data dir ('' = TFDS's default)
       'cache_dir': '',
       'num_workers': 0,
-      'augment': True,           # training augmentation on/off (flip off for MNIST)
+      'augment': True,           # training augmentation on/off
+      'flip': 'auto',            # horizontal flip in augmentation: auto (off for MNIST digits)
+                                 # | on | off
       'recipe': 'simple',        # simple (reflect-pad crop + flip) | timm (DeiT/timm ImageNet:
                                  # RRC, RandAugment, erasing, mixup/cutmix -> 'label_probs')
       'eval_transform': 'resize',  # resize (centre square, bilinear) | imagenet (short side

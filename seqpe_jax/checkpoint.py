@@ -280,7 +280,7 @@ class Checkpointer:
 
 
 def _dotted(path) -> str:
-  return '.'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+  return jax.tree_util.keystr(path, simple=True, separator='.')
 
 
 def _shape_mismatch(state_dir: pathlib.Path, abstract_state: Any) -> str | None:
@@ -352,6 +352,8 @@ def _first_diff(old: Any, new: Any, key: str) -> str | None:
   """The dotted path of the first (deepest) differing field, or None if equal."""
   if old == new:
     return None
+  if old is None and new is not None and not isinstance(new, dict) and not new:
+    return None  # a field added to the configs after that run, here at its 'off' value
   if isinstance(old, dict) and isinstance(new, dict):
     for k in sorted(set(old) | set(new)):
       if old.get(k) != new.get(k):

@@ -183,6 +183,7 @@ def main(argv) -> None:
   del argv
   absl_logging.set_verbosity(absl_logging.WARNING)  # keep the console to the progress bar
   logging.getLogger('absl').addFilter(_DropOrbaxErrorLogs())
+  from seqpe_jax import validate
   from seqpe_jax.errors import RunStopped, UserError
   from seqpe_jax.train import _SignalFlag, evaluate_run, restore_params, train
 
@@ -202,6 +203,7 @@ def main(argv) -> None:
         from seqpe_jax import distributed
         distributed.initialize()
       validate_config_early(config)
+      validate.check_config(config)  # train / optim / mesh / data / checkpoint fields
       run = build_run(config, workdir, _MODE.value)
       run.workdir.mkdir(parents=True, exist_ok=True)
       which = run.config.eval.get('checkpoint', 'latest')

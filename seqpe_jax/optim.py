@@ -57,9 +57,13 @@ def schedule(cfg: ml_collections.ConfigDict, peak: float, total_steps: int) -> o
   warm = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
   end = peak * float(cfg.min_lr_ratio)
   decay_steps = max(total_steps - warm, 1)
+  init = float(cfg.warmup_init_lr)
   if cfg.schedule == 'cosine':
-    after = optax.cosine_decay_schedule(peak, decay_steps, alpha=float(cfg.min_lr_ratio))
-  elif cfg.schedule == 'linear':
+    # optax's alpha is end / peak (min_lr_ratio up to a float64 ulp); the float32 values
+    # equal the former join of linear warm-up + cosine_decay_schedule (tests/optim_test.py).
+    return optax.warmup_cosine_decay_schedule(init, peak, warm, warm + decay_steps, end)
+  # optax has no warm-up + linear / constant helper: join its linear / constant schedules.
+  if cfg.schedule == 'linear':
     after = optax.linear_schedule(peak, end, decay_steps)
   elif cfg.schedule == 'constant':
     after = optax.constant_schedule(peak)
@@ -67,7 +71,6 @@ def schedule(cfg: ml_collections.ConfigDict, peak: float, total_steps: int) -> o
     raise ConfigError(f'unknown optim.schedule {cfg.schedule!r}; use cosine, linear or constant')
   if warm == 0:
     return after
-  init = float(cfg.get('warmup_init_lr', 0.0))
   return optax.join_schedules([optax.linear_schedule(init, peak, warm), after], [warm])
 
 
@@ -84,10 +87,10 @@ def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
 
   The schedule spans `cfg.decay_steps` steps, or `total_steps` if that is 0.
   """
-  total_steps = int(cfg.get('decay_steps', 0) or total_steps)
+  total_steps = int(cfg.decay_steps or total_steps)
   if cfg.lr <= 0:
     raise ConfigError(f'optim.lr must be positive, got {cfg.lr}')
-  if not 0.0 <= float(cfg.get('warmup_init_lr', 0.0)) <= float(cfg.lr):
+  if not 0.0 <= float(cfg.warmup_init_lr) <= float(cfg.lr):
     raise ConfigError(f'optim.warmup_init_lr must lie in [0, optim.lr={cfg.lr}], got '
                       f'{cfg.warmup_init_lr}')
   lr = schedule(cfg, float(cfg.lr), total_steps)
@@ -105,6 +108,6 @@ def group_norms(grads) -> dict[str, jax.Array]:
   out = {}
   for name in (BACKBONE_GROUP, PE_GROUP):
     leaves = [g for g, n in zip(jax.tree.leaves(grads), jax.tree.leaves(groups)) if n == name]
-    out[name] = (jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
-                 if leaves else jnp.zeros(()))
+    out[name] = (optax.global_norm([g.astype(jnp.float32) for g in leaves]) if leaves
+                 else jnp.zeros(()))
   return out

@@ -76,12 +76,8 @@ def _bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
 
 
 def _unravel(flat: jax.Array, shape: Sequence[int]) -> jax.Array:
-  """Row-major coordinates `[..., len(shape)]` of flat indices."""
-  coords = []
-  for size in reversed(tuple(shape)):
-    coords.append(flat % size)
-    flat = flat // size
-  return jnp.stack(coords[::-1], axis=-1).astype(jnp.int32)
+  """Row-major coordinates `[..., len(shape)]` of flat indices in [0, prod(shape))."""
+  return jnp.stack(jnp.unravel_index(flat, tuple(shape)), axis=-1).astype(jnp.int32)
 
 
 def _dist_rank(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from seqpe_jax import layers, positions as pos_lib
 from seqpe_jax.injection import PEContext
@@ -140,4 +141,4 @@ def _pad_to_batch_shards(pos_Mxn: jax.Array) -> jax.Array:
 
 def num_params(variables) -> int:
   """Total parameter count of a variables/params tree."""
-  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.meta.unbox(variables)))
+  return int(optax.tree_utils.tree_size(nn.meta.unbox(variables)))

@@ -79,12 +79,11 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
       devices = devices[:n]
   devices = list(devices)
   shape = mesh_shape(mesh_cfg, len(devices))
-  try:
-    from jax.experimental import mesh_utils
-    grid = mesh_utils.create_device_mesh(shape, devices=devices)
-  except (ValueError, AssertionError, NotImplementedError):
-    grid = np.asarray(devices).reshape(shape)
-  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  try:  # topology-aware device order (ICI rings on TPU); plain order on CPU / one GPU host
+    return jax.make_mesh(shape, MESH_AXES, axis_types, devices=devices)
+  except (ValueError, AssertionError, NotImplementedError):  # a shape the topology cannot tile
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
 
 
 def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:

@@ -75,9 +75,11 @@ def block_class(remat: bool) -> type[Block]:
   return nn.remat(Block, static_argnums=(4,)) if remat else Block
 
 
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
 def dtype_of(name: str) -> Any:
   """'float32' | 'bfloat16' | 'float16' → jnp dtype."""
-  try:
-    return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[name]
-  except KeyError:
-    raise ValueError(f'unknown dtype {name!r}; use float32, bfloat16 or float16') from None
+  if name not in COMPUTE_DTYPES:  # jnp.dtype would also take e.g. 'int8'
+    raise ValueError(f'unknown dtype {name!r}; use float32, bfloat16 or float16')
+  return jnp.dtype(name)

@@ -186,6 +186,17 @@ class CompatibilityTest(absltest.TestCase):
         checkpoint.check_compatible(workdir, config, True)
       checkpoint.check_compatible(workdir, config, False)  # no checkpoint: nothing to protect
 
+  def test_a_field_added_since_the_run_at_its_off_value_is_accepted(self):
+    # A ViT run recorded before `model.drop_path` was declared resumes while it stays 0.
+    old = smoke.get_config('task=vit')
+    del old.model['drop_path']
+    workdir = self._workdir(old)
+    config = smoke.get_config('task=vit')
+    checkpoint.check_compatible(workdir, config, True)
+    config.model.drop_path = 0.1
+    with self.assertRaisesRegex(CheckpointError, 'model.drop_path differs: saved None, now 0.1'):
+      checkpoint.check_compatible(workdir, config, True)
+
   def test_unreadable_config_json_is_refused(self):
     workdir = self._workdir(smoke.get_config())
     (workdir / 'config.json').write_text('{"task": ')

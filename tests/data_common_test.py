@@ -136,27 +136,49 @@ class CacheTest(CommonTestBase):
     self.assertOneLineDataError(lambda: common.fingerprint([self.tmp / 'gone']), 'gone')
 
 
-class ProcessRowsTest(parameterized.TestCase):
+class ProcessSplitTest(parameterized.TestCase):
+  """One convention: process i holds rows [i*B, (i+1)*B) of every global batch."""
 
   @parameterized.parameters(1, 2, 4)
   def test_processes_read_disjoint_rows_covering_each_global_batch(self, count):
     ds = grain.MapDataset.range(16)
-    rows = [list(common.process_rows(ds, 4 // count if count > 1 else 4, i, count))
+    local = 4 // count if count > 1 else 4
+    rows = [np.concatenate(list(common.process_batches(ds, local, i, count)))
             for i in range(count)]
-    flat = [x for r in rows for x in r]
-    self.assertCountEqual(flat, range(16))
+    self.assertCountEqual(np.concatenate(rows), range(16))
+
+  @parameterized.parameters((2, 3), (4, 2), (3, 1), (1, 5))
+  def test_same_rows_as_the_former_process_rows(self, count, local):
+    # The former private-API `ProcessRows`: element k of process i is
+    # parent[b * G + i * B + j], (b, j) = divmod(k, B), over full global batches only.
+    parent = grain.MapDataset.range(50).shuffle(seed=7)
+    g = local * count
+    for i in range(count):
+      want = [[parent[b * g + i * local + j] for j in range(local)] for b in range(50 // g)]
+      got = [list(x) for x in common.process_batches(parent, local, i, count)]
+      self.assertEqual(got, want)
 
   @parameterized.parameters(2, 4)
   def test_global_batches_do_not_depend_on_the_process_count(self, count):
     ds = grain.MapDataset.range(40).shuffle(seed=3).repeat()
     single = iter(ds.batch(8).to_iter_dataset())
     local = 8 // count
-    iters = [iter(common.process_rows(ds, local, i, count).batch(local).to_iter_dataset())
+    iters = [iter(common.process_batches(ds, local, i, count).to_iter_dataset())
              for i in range(count)]
     for _ in range(6):
       want = next(single)
       got = np.concatenate([next(it) for it in iters])
       np.testing.assert_array_equal(got, want)
+
+  @parameterized.parameters((10, 2, 2), (7, 2, 2), (3, 2, 2), (9, 4, 1), (8, 1, 3))
+  def test_eval_rows_follow_the_training_convention(self, n, local, count):
+    shares = [list(common.local_rows(n, local, i, count)) for i in range(count)]
+    self.assertEqual({len(s) for s in shares}, {-(-n // (local * count))})  # same step count
+    for b in range(len(shares[0])):  # batch b of process i: rows b*G + [i*B, (i+1)*B)
+      for i, share in enumerate(shares):
+        lo = b * local * count + i * local
+        self.assertEqual(list(share[b]), [r for r in range(lo, lo + local) if r < n])
+    self.assertEqual(sorted(r for s in shares for rng in s for r in rng), list(range(n)))
 
   def test_seek_resumes_by_step(self):
     ds = grain.MapDataset.range(30).shuffle(seed=0).repeat().batch(3)
@@ -166,9 +188,11 @@ class ProcessRowsTest(parameterized.TestCase):
     common.seek(fresh, 3)
     np.testing.assert_array_equal(next(fresh), batches[3])
 
-  def test_bad_rows(self):
-    with self.assertRaisesRegex(ValueError, 'bad process rows'):
-      common.ProcessRows(grain.MapDataset.range(8), 6, 0, 4)
+  def test_bad_split(self):
+    with self.assertRaisesRegex(ValueError, 'bad process split'):
+      common.process_batches(grain.MapDataset.range(8), 2, 4, 4)
+    with self.assertRaisesRegex(ValueError, 'bad process split'):
+      list(common.local_rows(8, 0, 0, 1))
 
 
 class RealDataDirTest(absltest.TestCase):

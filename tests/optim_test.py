@@ -101,5 +101,43 @@ class OptimTest(chex.TestCase):
       optim.build_optimizer(ml_collections.ConfigDict({**cfg.to_dict(), 'lr': 0.0}), 10)
 
 
+  def test_cosine_schedule_is_optax_warmup_cosine_decay_bitwise(self):
+    """`optax.warmup_cosine_decay_schedule` equals the former hand-joined schedule."""
+    import optax
+
+    def former(cfg, peak, total):  # linear warm-up joined to cosine_decay_schedule
+      warm = min(int(cfg.warmup_steps), max(total - 1, 0))
+      after = optax.cosine_decay_schedule(peak, max(total - warm, 1),
+                                          alpha=float(cfg.min_lr_ratio))
+      if warm == 0:
+        return after
+      return optax.join_schedules(
+          [optax.linear_schedule(float(cfg.warmup_init_lr), peak, warm), after], [warm])
+
+    cases = [(2e-3, 0.1, 50, 0.0, 800), (2e-3, 0.1, 1, 0.0, 4), (1e-3, 0.01, 100, 0.0, 1500),
+             (1.2e-3, 1e-5 / 1.2e-3, 20 * 1251, 1e-6, 400 * 1251),  # vit_imagenet
+             (5e-5, 0.0, 0, 0.0, 100), (3e-4, 0.5, 5, 0.0, 1), (3e-4, 0.3, 7, 1e-5, 7)]
+    for lr, ratio, warm, init, total in cases:
+      cfg = common.optim_config(lr=lr, min_lr_ratio=ratio, warmup_steps=warm,
+                                warmup_init_lr=init)
+      steps = jnp.asarray(np.unique(np.concatenate([
+          np.arange(min(total + 5, 3000)), np.linspace(0, total + 10, 2000).astype(int)])))
+      want = jax.vmap(former(cfg, lr, total))(steps)
+      got = jax.vmap(optim.schedule(cfg, lr, total))(steps)
+      np.testing.assert_array_equal(got, want, err_msg=str((lr, ratio, warm, total)))
+      self.assertEqual(float(optim.schedule(cfg, lr, total)(3)), float(former(cfg, lr, total)(3)))
+
+  def test_group_norms_are_optax_global_norm_of_each_group(self):
+    grads = jax.tree.map(lambda x: x * 0.5, PARAMS)
+    grads['posenc']['seqpe_encoder']['token_embed'] = jnp.arange(40.0).reshape(10, 4)
+    norms = optim.group_norms(grads)
+    enc = grads['posenc']['seqpe_encoder']
+    rest = {k: v for k, v in grads.items() if k != 'posenc'} | {'pe_qk': grads['posenc']['pe_qk']}
+    # The former hand-rolled formula: sqrt of the sum of squares over the group's leaves.
+    former = lambda t: jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(t)))
+    np.testing.assert_allclose(norms['seqpe_encoder'], former(enc), rtol=1e-6)
+    np.testing.assert_allclose(norms['backbone'], former(rest), rtol=1e-6)
+    self.assertEqual(float(optim.group_norms({'w': {'kernel': jnp.ones(3)}})['seqpe_encoder']), 0.)
+
 if __name__ == '__main__':
   absltest.main()

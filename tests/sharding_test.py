@@ -141,5 +141,27 @@ class MeshTest(chex.TestCase, parameterized.TestCase):
     np.testing.assert_allclose(losses_b, losses_a[2:], rtol=1e-5)
 
 
+  @parameterized.parameters((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4))
+  def test_mesh_is_jax_make_mesh_with_the_former_device_order(self, *shape):
+    # `jax.make_mesh` places the CPU fake devices exactly as the former
+    # `mesh_utils.create_device_mesh` call; the axes stay Auto (linen's logical constraints).
+    from jax.experimental import mesh_utils
+    from jax.sharding import AxisType
+    mesh = _mesh(shape)
+    self.assertEqual(mesh.axis_names, sharding.MESH_AXES)
+    self.assertEqual(tuple(mesh.devices.shape), shape)
+    self.assertEqual(mesh.axis_types, (AxisType.Auto,) * 3)
+    devices = jax.devices()[:int(np.prod(shape))]
+    np.testing.assert_array_equal(mesh.devices, mesh_utils.create_device_mesh(shape, devices))
+
+  def test_mesh_num_devices_takes_the_first_devices(self):
+    cfg = ml_collections.ConfigDict({'data': -1, 'fsdp': 2, 'tensor': 1, 'num_devices': 4})
+    mesh = sharding.make_mesh(cfg)
+    self.assertEqual(dict(mesh.shape), {'data': 2, 'fsdp': 2, 'tensor': 1})
+    self.assertEqual(sorted(d.id for d in mesh.devices.flat), [d.id for d in jax.devices()[:4]])
+    with pytest.raises(ConfigError, match='num_devices=16'):
+      sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1,
+                                                    'num_devices': 16}))
+
 if __name__ == '__main__':
   absltest.main()

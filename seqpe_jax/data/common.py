@@ -182,49 +182,39 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 # ----------------------------------------------------------------------------
 
 
-class ProcessRows(grain.MapDataset):
-  """This process's rows of every global batch: element k of process i is
-  `parent[b * global_batch + i * local + j]` with `(b, j) = divmod(k, local)`.
+# One convention for every per-process split, training and evaluation alike: the data form
+# global batches of `global_batch = local_batch * count` rows, and process i holds rows
+# [i * local_batch, (i + 1) * local_batch) of each. The global batches do not depend on the
+# process count, so a run resumes on a different number of hosts with the same data.
 
-  The global batches are the same for any process count (each host reads only its
-  contiguous block of rows), so a run can resume on a different number of hosts and
-  still see exactly the same data.
+
+def process_batches(dataset: grain.MapDataset, local_batch: int, index: int,
+                    count: int) -> grain.MapDataset:
+  """This process's batches of `local_batch` rows: batch b is rows
+  `[b * G + index * local_batch, ...)` of `dataset`, G = local_batch * count.
+
+  grain slicing: the local batches of all processes in global order, every `count`-th
+  from `index`; only this process's rows are ever read. Incomplete global batches are
+  dropped, so every process yields the same number of batches.
   """
-
-  _MUTATES_ELEMENT_SPEC = False
-
-  def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
-    super().__init__(parent)
-    if count < 1 or not 0 <= index < count or global_batch % count:
-      raise ValueError(f'bad process rows: global batch {global_batch}, process {index}/{count}')
-    self._global = global_batch
-    self._local = global_batch // count
-    self._offset = index * self._local
-    self._length = (len(parent) // global_batch) * self._local
-
-  def __len__(self) -> int:
-    return self._length
-
-  def _parent_index(self, k: int) -> int:
-    b, j = divmod(k, self._local)
-    return b * self._global + self._offset + j
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    return self._parent[self._parent_index(index)]
-
-  def _getitems(self, indices):
-    return self._parent._getitems([self._parent_index(k) for k in indices])  # pylint: disable=protected-access
-
-  def __str__(self) -> str:
-    return f'ProcessRows(global_batch={self._global}, rows={self._offset}+{self._local})'
+  if count < 1 or not 0 <= index < count or local_batch < 1:
+    raise ValueError(f'bad process split: local batch {local_batch}, process {index}/{count}')
+  full = len(dataset) // (local_batch * count) * local_batch * count
+  return dataset[:full].batch(local_batch, drop_remainder=True)[index::count]
 
 
-def process_rows(dataset: grain.MapDataset, local_batch: int, index: int,
-                 count: int) -> grain.MapDataset:
-  """`ProcessRows` for a per-process batch of `local_batch` rows (identity for one process)."""
-  return dataset if count == 1 else ProcessRows(dataset, local_batch * count, index, count)
+def local_rows(num_rows: int, local_batch: int, index: int, count: int) -> Iterator[range]:
+  """Row ranges of this process's evaluation batches (the `process_batches` convention).
+
+  The last global batch may be partial: a process whose share is short (or empty) gets a
+  short range, and pads; every process yields `ceil(num_rows / (local_batch * count))`.
+  """
+  if count < 1 or not 0 <= index < count or local_batch < 1:
+    raise ValueError(f'bad process split: local batch {local_batch}, process {index}/{count}')
+  g = local_batch * count
+  for start in range(0, num_rows, g):
+    lo = start + index * local_batch
+    yield range(min(lo, num_rows), min(lo + local_batch, num_rows))
 
 
 def seek(iterator: grain.DatasetIterator, batches: int) -> None:

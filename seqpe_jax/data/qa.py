@@ -155,9 +155,9 @@ def sft_train_iter(arrays: dict[str, np.ndarray], *, batch_size: int, seed: int,
   if batch_size * process_count > len(ds):
     raise DataError(f'batch size {batch_size * process_count} exceeds the {len(ds)} '
                     'fine-tuning examples; lower it or raise data.sft.num_examples')
-  ds = common.process_rows(ds.shuffle(seed=seed).repeat(), batch_size, process_index,
-                           process_count)
-  return common.to_iterator(ds.batch(batch_size, drop_remainder=True), num_workers)
+  ds = common.process_batches(ds.shuffle(seed=seed).repeat(), batch_size, process_index,
+                              process_count)
+  return common.to_iterator(ds, num_workers)
 
 
 def build_sft_iter(data_cfg: ml_collections.ConfigDict, tokenizer, *, seq_len: int,

@@ -198,7 +198,7 @@ def lm_train_iter(stream: np.ndarray, *, seq_len: int, batch_size: int, seed: in
   """Endless shuffled per-process batches {'inputs','targets': int32 [B, L]}.
 
   `batch_size` is per process; process i gets rows `[i*B, (i+1)*B)` of each global
-  batch. The iterator's `get_state()`/`set_state()` resume the exact data position.
+  batch (`common.process_batches`). The iterator's `get_state()`/`set_state()` resume the exact data position.
   """
   _check_batch_size(batch_size)
   ds = grain.MapDataset.source(LMSource(stream, seq_len))
@@ -208,9 +208,9 @@ def lm_train_iter(stream: np.ndarray, *, seq_len: int, batch_size: int, seed: in
                     'add data')
   # Global order first, then this process's rows of each global batch: the global batches
   # do not depend on the number of processes.
-  ds = common.process_rows(ds.shuffle(seed=seed).repeat(), batch_size, process_index,
-                           process_count)
-  return common.to_iterator(ds.batch(batch_size, drop_remainder=True), num_workers)
+  ds = common.process_batches(ds.shuffle(seed=seed).repeat(), batch_size, process_index,
+                              process_count)
+  return common.to_iterator(ds, num_workers)
 
 
 # ----------------------------------------------------------------------------

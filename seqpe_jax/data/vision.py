@@ -20,7 +20,6 @@ import dataclasses
 import gzip
 import io
 import lzma
-import math
 import pathlib
 import struct
 import tarfile
@@ -385,8 +384,7 @@ def image_train_iter(source, *, image_size: int, batch_size: int, seed: int, aug
   # Global order and augmentation seeds first; then this process's rows of each global
   # batch (lazy: only those records are decoded), so batches do not depend on host count.
   ds = ds.shuffle(seed=seed).repeat().random_map(transform, seed=seed)
-  ds = common.process_rows(ds, batch_size, process_index, process_count)
-  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = common.process_batches(ds, batch_size, process_index, process_count)
   if timm and aug.mixes:  # Batch index = global batch index, whatever the host count.
     ds = ds.map_with_index(MixBatch(seed, source.num_classes, aug))
   return common.to_iterator(ds, num_workers)
@@ -399,8 +397,9 @@ def image_eval_batches(source, *, image_size: int, batch_size: int,
   """Eval batches {'images', 'labels', 'weights'}; the last is zero-padded with weight 0.
 
   Each example (of `max_examples` evenly spaced ones, if set) is weighted once. With
-  several processes each takes a strided share, and all yield the same number of
-  batches (needed to assemble global arrays). eval_transform: 'resize' (centre
+  several processes, process i holds rows [i*B, (i+1)*B) of each global batch of
+  B x process_count examples (`common.local_rows`, as training), and all yield the same
+  number of batches (needed to assemble global arrays). eval_transform: 'resize' (centre
   square, bilinear) or 'imagenet' (short side floor(S / crop_pct) bicubic, centre crop).
   """
   transform = _preprocess(source, image_size, augment=False, flip=False,
@@ -408,20 +407,18 @@ def image_eval_batches(source, *, image_size: int, batch_size: int,
   if batch_size < 1:
     raise ConfigError(f'batch_size must be positive, got {batch_size}')
   source = SubsetSource(source, max_examples)
-  n = len(source)
-  indices = range(process_index, n, process_count)
-  num_batches = math.ceil(math.ceil(n / process_count) / batch_size)
-  return _eval_batches(source, transform, indices, num_batches, batch_size)
+  rows = common.local_rows(len(source), batch_size, process_index, process_count)
+  return _eval_batches(source, transform, rows, batch_size)
 
 
-def _eval_batches(source, transform: Preprocess, indices: range, num_batches: int,
+def _eval_batches(source, transform: Preprocess, rows: Iterator[range],
                   batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   image_size = transform.image_size
-  for b in range(num_batches):
+  for indices in rows:
     images = np.zeros([batch_size, image_size, image_size, source.channels], np.float32)
     labels = np.zeros([batch_size], np.int32)
     weights = np.zeros([batch_size], np.float32)
-    for r, i in enumerate(indices[b * batch_size:(b + 1) * batch_size]):
+    for r, i in enumerate(indices):
       out = transform(source[i])
       images[r], labels[r], weights[r] = out['images'], out['labels'], 1.0
     yield {'images': images, 'labels': labels, 'weights': weights}
@@ -460,6 +457,14 @@ def build_image_source(data_cfg: ml_collections.ConfigDict, split: str):
                     "'folder:<path>' or 'tfds:<name>'")
 
 
+def _flip(setting: str | bool, name: str) -> bool:
+  """`data.flip`: auto (on, except for the digit datasets, where a flip changes the class)."""
+  if isinstance(setting, bool):
+    return setting
+  _check_choice('flip', setting, ('auto', 'on', 'off'))
+  return setting == 'on' or (setting == 'auto' and name not in ('mnist', 'fashion_mnist'))
+
+
 def build_image_data(data_cfg: ml_collections.ConfigDict, *, image_size: int, batch_size: int,
                      seed: int, process_index: int = 0, process_count: int = 1) -> ImageData:
   """Train iterator, class/channel counts and an eval-batch factory from `config.data`."""
@@ -467,7 +472,7 @@ def build_image_data(data_cfg: ml_collections.ConfigDict, *, image_size: int, ba
     raise ConfigError(f'image size must be positive, got {image_size}')
   train = SubsetSource(build_image_source(data_cfg, 'train'),
                        data_cfg.get('max_train_examples', 0) or None)
-  flip = data_cfg.get('flip', train.name not in ('mnist', 'fashion_mnist'))
+  flip = _flip(data_cfg.get('flip', 'auto'), train.name)
   recipe = data_cfg.get('recipe', 'simple')
   eval_transform = data_cfg.get('eval_transform', 'resize')
   _check_choice('recipe', recipe, RECIPES)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import re
@@ -122,6 +121,9 @@ class Run:
     _, overrides = _variant(self.name)
     sets = (*self.profile.overrides, f'data.name={self.corpus}', f'train.steps={self.steps}',
             f'seed={self.seed}', *overrides, *_OVERRIDE.value)
+    # One flag per key, the last one winning: a repeated tuple-valued config flag is not
+    # replaced by ml_collections (('valid','test') then ('valid',) gave three splits).
+    sets = tuple({s.split('=', 1)[0]: s for s in sets}.values())
     return [sys.executable, '-m', 'seqpe_jax.main', f'--config={self.profile.config}',
             f'--workdir={self.workdir(root)}', *(f'--config.{s}' for s in sets)]
 

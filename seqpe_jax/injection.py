@@ -333,7 +333,8 @@ class PEAttention(nn.Module):
       k_all, v_all, num_old = k, v, None
       mask = layers.causal_mask(l, s)[None, None] if self.causal else None
       if mask_BxLxS is not None:
-        extra = mask_BxLxS[:, None, s - l:]
+        extra = mask_BxLxS[:, None]  # [B, 1, L or 1, S]; a 1-row mask applies to every query
+        extra = extra if extra.shape[2] == 1 else extra[:, :, s - l:]
         mask = extra if mask is None else mask & extra
     else:
       if not self.causal or self.last_query_only or mask_BxLxS is not None:

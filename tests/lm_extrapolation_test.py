@@ -43,7 +43,8 @@ class GridTest(absltest.TestCase):
         for pe in bench.MAIN_PES:
           seeds = {r.seed for r in runs if (r.corpus, r.steps, r.name) == (corpus, steps, pe)}
           self.assertGreaterEqual(len(seeds), 3, (corpus, steps, pe))
-      for pe in ('learned', 'sinusoidal', 'nope', 'fire', 'kerple', 'seqpe-paper'):
+      for pe in ('learned', 'sinusoidal', 'nope', 'fire', 'kerple', 'seqpe-paper',
+                 'alibi-official'):
         self.assertTrue(any(r.name == pe and r.corpus == corpus for r in runs), (pe, corpus))
     for name in bench.ABLATIONS:
       self.assertIn(name, {r.name for r in runs})
@@ -54,6 +55,8 @@ class GridTest(absltest.TestCase):
     self.assertIn('aux.max_position=10000', overrides)
     self.assertIn('aux.shift_rate=0.1', overrides)
     self.assertEqual(bench._variant('rope'), ('rope', ('pe.type=rope',)))
+    self.assertEqual(bench._variant('alibi-official'),
+                     ('alibi', ('pe.type=alibi', 'pe.alibi.before_scale=True')))
 
   def test_markdown_mean_min_max(self):
     recs = [_record('seqpe', 'wikitext-2', 400, s, [5.0 + s, 6.0]) for s in range(3)]

@@ -186,20 +186,33 @@ def _groups(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
   return out
 
 
+def _worst_ratio(runs: list[dict], split: str, t: int) -> str:
+  """The largest ppl(4x) / ppl(1x) over the seeds, as a percent change ('–' without 4x)."""
+  ratios = []
+  for r in runs:
+    ppl = {x['length']: x['ppl'] for x in r['results'] if x['split'] == split}
+    if t in ppl and 4 * t in ppl:
+      ratios.append(ppl[4 * t] / ppl[t])
+  return f'{100 * (max(ratios) - 1):+.1f}%' if ratios else '–'
+
+
 def markdown(records: list[dict], split: str = 'valid') -> str:
-  """One table per (corpus, steps): mean [min–max] over seeds at each length."""
+  """One table per (corpus, steps): mean [min–max] over seeds at each length, and the worst
+  seed's 4x-vs-1x change."""
   lines = []
   for (corpus, steps), by_pe in sorted(_groups(records).items()):
     first = next(iter(by_pe.values()))[0]
     t = first['train_length']
     lengths = sorted({x['length'] for x in first['results'] if x['split'] == split})
     lines += [f'\n**{corpus}, {steps} steps** — {split} perplexity, trained at {t} '
-              '(mean [min–max] over seeds; n = seeds)\n',
-              '| PE | n | ' + ' | '.join(f'{n // t}×' for n in lengths) + ' |',
-              '|---|---|' + '---|' * len(lengths)]
+              '(mean [min–max] over seeds; n = seeds; last column: the worst seed\'s 4× '
+              'perplexity relative to its 1×)\n',
+              '| PE | n | ' + ' | '.join(f'{n // t}×' for n in lengths) + ' | 4× vs 1× |',
+              '|---|---|' + '---|' * (len(lengths) + 1)]
     for pe, runs in sorted(by_pe.items(), key=lambda kv: (kv[0] not in MAIN_PES, kv[0])):
       cells = [_cell([x['ppl'] for r in runs for x in r['results']
                       if x['split'] == split and x['length'] == n]) for n in lengths]
+      cells.append(_worst_ratio(runs, split, t))
       lines.append(f'| {pe} | {len(runs)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines).strip() + '\n'
 

@@ -63,7 +63,9 @@ class GridTest(absltest.TestCase):
     recs.append(_record('alibi', 'wikitext-2', 400, 0, [5.5, 5.4]))
     md = bench.markdown(recs)
     self.assertIn('| seqpe | 3 | 6.00 [5.00–7.00] | 6.00 [6.00–6.00] |', md)
-    self.assertIn('| alibi | 1 | 5.50 | 5.40 |', md)
+    self.assertIn('| alibi | 1 | 5.50 | 5.40 | – |', md)  # no 4x column: no ratio
+    four = [_record('seqpe', 'gutenberg', 800, s, [5.0, 5.0, 5.0 + s]) for s in range(2)]
+    self.assertIn('| 5.50 [5.00–6.00] | +20.0% |', bench.markdown(four))  # worst seed
     self.assertIn('**wikitext-2, 400 steps**', md)
 
 

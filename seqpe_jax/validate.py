@@ -152,8 +152,8 @@ def check_lm_data(data_cfg: ml_collections.ConfigDict) -> None:
   from seqpe_jax.data import qa, text  # pylint: disable=g-import-not-at-top
   _check_data_common(data_cfg)
   name = str(data_cfg.name)
-  if name not in text.WIKITEXT_NAMES + ('files',) and not name.startswith('tfds:'):
-    raise ConfigError(f'data.name must be one of {", ".join(text.WIKITEXT_NAMES)}, files or '
+  if name not in text.CORPORA and not name.startswith('tfds:'):
+    raise ConfigError(f'data.name must be one of {", ".join(text.CORPORA)} or '
                       f'tfds:<name>, got {name!r}')
   for key in ('train_files', 'eval_files'):
     if data_cfg[key] and name != 'files':

@@ -87,7 +87,7 @@ CASES = (
     # data (LM)
     Case('unknown_corpus', (LM, '--config.data.name=wikitext-3'),
          "data.name must be one of wikitext-2, wikitext-103, wikitext-2-raw, wikitext-103-raw, "
-         "files or tfds:<name>, got 'wikitext-3'"),
+         "gutenberg, files or tfds:<name>, got 'wikitext-3'"),
     Case('train_files_without_files', (LM, '--config.data.train_files=a.txt'),
          "data.train_files is only read with data.name=files (got data.name='wikitext-2')"),
     Case('eval_files_without_files', (LM, '--config.data.eval_files=a.txt'),
@@ -154,6 +154,16 @@ class ShippedConfigsTest(parameterized.TestCase):
   @parameterized.named_parameters(*SHIPPED.items())
   def test_shipped_config_passes(self, get_config):
     validate.check_config(get_config())
+
+  def test_every_corpus_name_passes(self):
+    from configs import lm_wikitext2  # pylint: disable=g-import-not-at-top
+    from seqpe_jax.data import text  # pylint: disable=g-import-not-at-top
+    for name in text.CORPORA + ('tfds:wikitext103',):
+      config = lm_wikitext2.get_config()
+      config.data.name = name
+      if name == 'files':
+        config.data.train_files = __file__  # any existing file
+      validate.check_config(config)  # the data itself is probed later, by main
 
 
 class ValidateCliTest(parameterized.TestCase):

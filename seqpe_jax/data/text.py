@@ -28,6 +28,7 @@ from seqpe_jax.errors import ConfigError, DataError
 # '-raw' names are the untokenised releases (`wiki.<split>.raw`, no <unk>; the official text
 # recipe trains on wikitext-103-raw-v1); the others the tokenised `wiki.<split>.tokens`.
 WIKITEXT_NAMES = ('wikitext-2', 'wikitext-103', 'wikitext-2-raw', 'wikitext-103-raw')
+CORPORA = WIKITEXT_NAMES + ('gutenberg', 'files')  # data.name values besides 'tfds:<name>'
 _SUFFIXES = ('', '.xz', '.gz', '.bz2')
 
 
@@ -351,7 +352,7 @@ def _split_files(data_cfg: ml_collections.ConfigDict) -> dict[str, list[pathlib.
     return gutenberg_corpus(data_cfg.get('dir', ''), data_cfg.get('cache_dir', ''))
   if name != 'files':
     raise ConfigError(f"unknown config.data.name {name!r}; expected one of "
-                      f"{', '.join(WIKITEXT_NAMES)}, 'gutenberg', 'files' or 'tfds:<name>'")
+                      f"{', '.join(CORPORA)} or 'tfds:<name>'")
   out = {}
   for split, field in (('train', 'train_files'), ('eval', 'eval_files')):
     paths = [common.resolve_path(p.strip(), data_cfg.get('dir', ''))

@@ -220,6 +220,7 @@ def load_run(workdir: str):
 
   from seqpe_jax import main as main_lib
   from seqpe_jax.checkpoint import has_checkpoint
+  from seqpe_jax.tasks import kind_of
   from seqpe_jax.train import restore_params
 
   path = pathlib.Path(workdir)
@@ -233,7 +234,7 @@ def load_run(workdir: str):
   except (OSError, ValueError, TypeError) as e:
     raise CheckpointError(f'{cfg_path} is unreadable ({type(e).__name__}: {e})') from None
   task = config.get('task')
-  if task != 'lm':
+  if not kind_of(task).generates:
     raise ConfigError(f'{workdir} holds a {task!r} run; generation needs a language-model '
                       'run (task=lm)')
   if not has_checkpoint(path):

@@ -129,7 +129,7 @@ def _batches(arrays: dict[str, np.ndarray], batch_size: int):
 
 def _batch_size_for(length: int, tokens_per_batch: int, mesh) -> int:
   bs = max(1, tokens_per_batch // length)
-  return evaluate._eval_batch_size(bs, mesh) if mesh is not None else bs  # pylint: disable=protected-access
+  return evaluate.eval_batch_size(bs, mesh) if mesh is not None else bs
 
 
 def book_bits(task: Task, params: Any, tokenizer: Any, books: dict[str, str], *,
@@ -216,7 +216,7 @@ class PaddedGreedy:
   """
 
   def __init__(self, task: Task, params: Any, *, tokens_per_batch: int = 8192):
-    if task.kind != 'lm':
+    if not task.generates:
       raise ConfigError(f'generation needs an LM task, got {task.kind!r}')
     self.task, self.params, self.tokens_per_batch = task, params, int(tokens_per_batch)
     self._pe: dict[int, Any] = {}

@@ -79,15 +79,13 @@ def build_run(config, workdir: str, mode: str = 'train'):
   """Validates everything, loads data, builds task/optimizer; writes nothing."""
   import jax
 
-  from seqpe_jax import evaluate, optim, sharding
+  from seqpe_jax import evaluators, optim, sharding
   from seqpe_jax.checkpoint import check_compatible, check_init_from, has_checkpoint
-  from seqpe_jax.data import text, vision
   from seqpe_jax.errors import CheckpointError, ConfigError, UserError
-  from seqpe_jax.tasks import Task
+  from seqpe_jax.tasks import kind_of
   from seqpe_jax.train import Run
 
-  if config.task not in ('lm', 'vit'):
-    raise ConfigError(f'unknown task {config.task!r}; use lm or vit')
+  kind = kind_of(config.task)
   path = pathlib.Path(workdir)
   if path.exists() and not path.is_dir():
     raise UserError(f'--workdir={workdir} exists and is not a directory')
@@ -122,56 +120,40 @@ def build_run(config, workdir: str, mode: str = 'train'):
   local_batch = int(t.batch_size) // jax.process_count()
   seed = int(config.seed)
   pidx, pcount = jax.process_index(), jax.process_count()
-  if config.task == 'lm':
-    data = text.build_lm_data(config.data, seq_len=int(t.seq_len), batch_size=local_batch,
-                              seed=seed, process_index=pidx, process_count=pcount)
-    task = Task(config, vocab_size=data.tokenizer.vocab_size, data_parallel=dp)
-  else:
-    data = vision.build_image_data(config.data, image_size=int(t.image_size),
-                                   batch_size=local_batch, seed=seed, process_index=pidx,
-                                   process_count=pcount)
-    task = Task(config, num_classes=data.num_classes, channels=data.channels,
-                data_parallel=dp)
-  evaluate.check_eval_config(task, config)
+  data = kind.build_data(config, batch_size=local_batch, seed=seed, process_index=pidx,
+                         process_count=pcount)
+  task = kind.from_data(config, data, data_parallel=dp)
+  evaluators.build(task, config)  # the evaluation fields, before the optimizer's
   tx, lr_fn = optim.build_optimizer(config.optim, int(t.steps))
-  _probe_data(config, data, mode)
-  return Run(config, path, task, mesh, data, tx, lr_fn)
+  evals = _probe_data(config, task, data, mode)
+  return Run(config, path, task, mesh, data, tx, lr_fn, evals)
 
 
-def _probe_data(config, data, mode: str) -> None:
+def _probe_data(config, task, data, mode: str) -> list:
   """Reads the first training batch and every evaluation split once, before training.
 
   Problems that would otherwise appear mid-run or after training (an undecodable
   image, a missing or corrupt evaluation split) become one-line errors while the
-  workdir is still untouched. The train iterator is rewound afterwards.
+  workdir is still untouched. The train iterator is rewound afterwards. Returns the
+  run's evaluators (each pre-reads its data when built).
   """
+  from seqpe_jax import evaluators
   if mode == 'train':
     it = data.train_iter
     start = it.get_state()
     next(it)
     it.set_state(start)
-  splits = list(config.eval.splits)
-  if int(config.train.get('eval_every', 0)) and config.data.eval_split not in splits:
-    splits.append(config.data.eval_split)  # the periodic validation's split
-  if config.task == 'lm':
-    for split in splits:
-      data.eval_stream(split)  # tokenizes (and caches) the split
-  else:
-    sizes = [int(s) for s in config.eval.image_sizes] + [int(config.train.image_size)]
-    for split in splits:
-      if sizes:
-        next(iter(data.eval_batches(split, min(sizes))), None)
+  evals = evaluators.build(task, config, data)
+  if int(config.train.get('eval_every', 0)) and config.data.eval_split not in config.eval.splits:
+    task.probe_split(data, config.data.eval_split)  # the periodic validation's split
+  return evals
 
 
 def validate_config_early(config) -> None:
   """Checks that need no data (PE type, heads, ...) before the data is loaded."""
-  from seqpe_jax import posenc
   from seqpe_jax.errors import ConfigError
-  if config.task not in ('lm', 'vit'):
-    raise ConfigError(f'unknown task {config.task!r}; use lm or vit')
-  pe = posenc.PEConfig.from_config(config.pe)
-  pe.validate(1 if config.task == 'lm' else 2,
-              posenc.LM_PE_TYPES if config.task == 'lm' else posenc.VIT_PE_TYPES)
+  from seqpe_jax.tasks import kind_of
+  kind_of(config.task).check_early(config)
   m = config.model
   if int(m.num_heads) < 1 or int(m.width) % int(m.num_heads):
     raise ConfigError(f'model.width={m.width} is not divisible by model.num_heads={m.num_heads}')
@@ -227,8 +209,10 @@ def main(argv) -> None:
   from seqpe_jax.evaluate import markdown_table
   import jax
   if jax.process_index() == 0:
-    print(f'\nstep {step}: extrapolation results (also in {run.workdir}/extrapolation.md)\n')
-    print(markdown_table(report), flush=True)
+    first = run.evaluators[0]
+    print(f'\nstep {step}: {first.table.title} results (also in '
+          f'{run.workdir}/{first.output}.md)\n')
+    print(markdown_table(report, first.table), flush=True)
 
 
 # ---------------------------------------------------------------------------- flags

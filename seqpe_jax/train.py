@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from seqpe_jax import checkpoint, evaluate, optim, sharding
+from seqpe_jax import checkpoint, evaluate, evaluators, optim, sharding
 from seqpe_jax.errors import (NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, CheckpointError,
                               NonFiniteError, Preempted, UserError)
 from seqpe_jax.metrics import MetricWriter
@@ -185,6 +185,7 @@ class Run:
   data: Any                  # LMData | ImageData
   tx: optax.GradientTransformation
   lr_fn: Callable
+  evaluators: list = dataclasses.field(default_factory=list)  # evaluators.Evaluator
 
 
 def train(run: Run) -> tuple[train_state.TrainState, int]:
@@ -240,8 +241,8 @@ def _train_loop(run: Run, ckpt: checkpoint.Checkpointer, signals: _SignalFlag, t
                            shardings, mesh)
   writer = MetricWriter(run.workdir, total_steps=total, start_step=start)
   skip = t.get('nonfinite', 'stop') == 'skip'
-  units = 'tokens' if task.kind == 'lm' else 'images'
-  per_step = int(t.batch_size) * (task.train_grid[0] if task.kind == 'lm' else 1)
+  units = task.units
+  per_step = int(t.batch_size) * task.items_per_example
   eval_every = int(t.get('eval_every', 0))
   best = checkpoint.BestCheckpoint(run.workdir) if t.get('keep_best', False) else None
   pending: tuple[int, Any] | None = None
@@ -326,22 +327,22 @@ def _validate(run: Run, params: Any, step: int, writer: MetricWriter,
               best: 'checkpoint.BestCheckpoint | None') -> None:
   """Periodic validation at the training size (`train.eval_every`), logged with the step;
   with `train.keep_best` the best model so far is kept in `<workdir>/best/`."""
-  metrics, score = evaluate.validation(run.task, params, run.mesh, run.data, run.config)
+  metrics, score = run.task.validation(params, run.mesh, run.data)
   if best is not None and best.update(step, params, score):
     metrics = {**metrics, 'best': 1.0}
   writer.write(step, metrics)
 
 
 def evaluate_run(run: Run, params: Any) -> dict:
-  """The extrapolation sweep of the run's task; writes the report files."""
-  with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
-    if run.task.kind == 'lm':
-      results = evaluate.lm_extrapolation(run.task, params, run.mesh, run.data.eval_stream,
-                                          run.config, tokenizer=run.data.tokenizer)
-    else:
-      results = evaluate.vit_extrapolation(run.task, params, run.mesh, run.data.eval_batches,
-                                           run.config)
-  return evaluate.write_report(run.workdir, run.task, results)
+  """Runs the run's evaluators, writes each one's report files; returns the first report."""
+  if not run.evaluators:
+    run.evaluators = evaluators.build(run.task, run.config, run.data)
+  reports = []
+  for ev in run.evaluators:
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
+      results = ev.run(params, run.mesh)
+    reports.append(evaluate.write_report(run.workdir, run.task, results, ev.table, ev.output))
+  return reports[0]
 
 
 def restore_params(run: Run, which: str = 'latest') -> tuple[Any, int]:

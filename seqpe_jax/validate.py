@@ -11,7 +11,7 @@ checks that need the device count (mesh sizes, batch divisibility) run in `main.
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -198,21 +198,16 @@ def check_image_data(data_cfg: ml_collections.ConfigDict) -> None:
   augment.AugmentConfig.from_config(data_cfg.timm)  # probabilities, ranges, RandAugment string
 
 
-# The data check of each task (the task package may own these later).
-DATA_CHECKS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
-    'lm': check_lm_data, 'vit': check_image_data}
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
   """All checks of the run-level sections; raises the first `ConfigError`."""
-  if config.task not in DATA_CHECKS:
-    raise ConfigError(f'unknown task {config.task!r}; use {" or ".join(DATA_CHECKS)}')
+  from seqpe_jax.tasks import kind_of  # pylint: disable=g-import-not-at-top
+  kind = kind_of(config.task)  # the task kind owns its data check
   try:
     check_train(config.train)
     check_optim(config.optim)
     check_mesh(config.mesh)
     check_checkpointing(config)
-    DATA_CHECKS[config.task](config.data)
+    kind.check_data_config(config.data)
   except (AttributeError, KeyError) as e:  # a config built in Python without a field
     raise ConfigError(f'config lacks a field: {_missing(e)}') from None
 

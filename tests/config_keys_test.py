@@ -9,7 +9,7 @@ The scan parses every `seqpe_jax/**/*.py` and follows config objects by name, ge
 * aliases: `t = config.train`, `e = config.eval.copy_and_resolve_references()`;
 * calls: an argument that is a config (section) binds the callee's parameter of that
   position / keyword, for every function, method or class (its `__init__`) of that name,
-  iterated to a fixed point (`Task(config)`, `self._aux_settings(config.aux)`,
+  iterated to a fixed point (`Task(config)`, `regularisers.aux_settings(config.aux, ...)`,
   `schedule(cfg, ...)` from `build_optimizer(cfg)` called with `config.optim`);
 * reads: `x.key`, `x.get('key', ...)`, `x['key']`, and `x[k]` / `x.get(k)` with `k` looping
   over a tuple of string constants (also a module-level one, e.g. `MESH_AXES`).

@@ -103,3 +103,12 @@ def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collection
       'tensor': tensor,     # tensor parallel: heads and MLP width split
       'num_devices': 0,     # use the first N devices (single host; 0: all)
   })
+
+
+def evals_config(**entries: dict) -> ml_collections.ConfigDict:
+  """Extra evaluations (`config.evals.<name>`), none by default.
+
+  Each entry is `{'type': <registered evaluator>, 'every': <steps; 0: only at the end>,
+  ...its fields}`; fields of a built-in evaluator override its `config.eval.*`.
+  """
+  return ml_collections.ConfigDict(entries)

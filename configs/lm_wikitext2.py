@@ -94,5 +94,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'start_position': 0,       # positions of every chunk start here (official --eval_start_pos)
       'checkpoint': 'latest',    # latest | best (the train.keep_best model)
   })
+  c.evals = common.evals_config()  # extra evaluations by name (evaluators registry)
   c.mesh = common.mesh_config()
   return c

@@ -100,5 +100,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'batch_size': 128,
       'checkpoint': 'latest',    # latest | best (the train.keep_best model)
   })
+  c.evals = common.evals_config()  # extra evaluations by name (evaluators registry)
   c.mesh = common.mesh_config()
   return c

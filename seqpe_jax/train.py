@@ -244,6 +244,7 @@ def _train_loop(run: Run, ckpt: checkpoint.Checkpointer, signals: _SignalFlag, t
   units = task.units
   per_step = int(t.batch_size) * task.items_per_example
   eval_every = int(t.get('eval_every', 0))
+  periodic = [ev for ev in run.evaluators if ev.every]  # config.evals entries with every > 0
   best = checkpoint.BestCheckpoint(run.workdir) if t.get('keep_best', False) else None
   pending: tuple[int, Any] | None = None
   window: dict[str, float] = {}
@@ -307,6 +308,13 @@ def _train_loop(run: Run, ckpt: checkpoint.Checkpointer, signals: _SignalFlag, t
             drain(pending)  # the NaN check (and its log row) come before the validation
             pending = None
           _validate(run, state.params, step + 1, writer, best)
+        due = [ev for ev in periodic if (step + 1) % ev.every == 0]
+        if due and not preempt:
+          if pending is not None:
+            drain(pending)
+            pending = None
+          for ev in due:
+            writer.write(step + 1, eval_scalars(ev, ev.run(state.params, mesh)))
         if preempt:
           ckpt.wait()  # the preemption checkpoint is committed before we exit
           raise Preempted(f'preempted ({signals.name or "preemption notice"}): checkpoint '
@@ -331,6 +339,19 @@ def _validate(run: Run, params: Any, step: int, writer: MetricWriter,
   if best is not None and best.update(step, params, score):
     metrics = {**metrics, 'best': 1.0}
   writer.write(step, metrics)
+
+
+def eval_scalars(ev: 'evaluators.Evaluator', rows: list[dict]) -> dict[str, float]:
+  """An evaluator's rows as scalars `evals/<name>[/<split>]/<metric>@<x>` (the split only
+  when the rows hold several)."""
+  tab = ev.table
+  splits = {r.get('split') for r in rows}
+  out = {}
+  for r in rows:
+    where = f'evals/{ev.output}' + (f'/{r.get("split")}' if len(splits) > 1 else '')
+    if r.get(tab.metric) is not None:
+      out[f'{where}/{tab.metric}@{r.get(tab.x_key)}'] = float(r[tab.metric])
+  return out
 
 
 def evaluate_run(run: Run, params: Any) -> dict:
@@ -373,5 +394,6 @@ def restore_params(run: Run, which: str = 'latest') -> tuple[Any, int]:
 
 
 __all__ = ['create_train_state', 'make_train_step', 'jit_train_step', 'train', 'evaluate_run',
+           'eval_scalars',
            'restore_params', 'Run', 'Preempted', 'NonFiniteError',
            'PREEMPTED_EXIT_CODE', 'NONFINITE_EXIT_CODE']

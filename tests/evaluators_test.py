@@ -3,6 +3,8 @@ registered, run, and written by the report writer; plus the registry itself."""
 
 import json
 import pathlib
+import subprocess
+import sys
 import tempfile
 
 import flax.linen as nn
@@ -15,6 +17,7 @@ from configs import smoke
 from seqpe_jax import evaluate, evaluators
 from seqpe_jax.errors import ConfigError
 from seqpe_jax.tasks import Task
+from tests.testutil import REPO, child_env, tree_hash
 
 
 # --- the README example -------------------------------------------------------------------
@@ -89,6 +92,77 @@ class RegistryTest(absltest.TestCase):
                      {'extrapolation'})
     with pytest.raises(ConfigError, match="unknown evaluation 'nope'"):
       evaluators.get('nope')
+
+
+# A config file that adds `config.evals.norm` (ml_collections cannot add keys by flag).
+EVALS_CONFIG = """
+from configs import smoke
+from tests import evaluators_test  # registers pe_norm
+
+
+def get_config(arg=None):
+  c = smoke.get_config(arg)
+  c.evals.norm = {'type': %r, 'every': 2}
+  return c
+"""
+
+
+def _run_main(tmp: pathlib.Path, type_: str) -> tuple[subprocess.CompletedProcess, pathlib.Path]:
+  cfg = tmp / f'evals_{type_}.py'
+  cfg.write_text(EVALS_CONFIG % type_)
+  workdir = tmp / f'run_{type_}'
+  p = subprocess.run([sys.executable, '-m', 'seqpe_jax.main', f'--config={cfg}',
+                      f'--workdir={workdir}'], cwd=REPO, env=child_env(), capture_output=True,
+                     text=True, timeout=600)
+  return p, workdir
+
+
+class ConfigEvalsTest(absltest.TestCase):
+
+  def test_entry_runs_every_n_steps_and_at_the_end(self):
+    p, workdir = _run_main(pathlib.Path(tempfile.mkdtemp()), 'pe_norm')
+    self.assertEqual(p.returncode, 0, p.stderr[-2000:])
+    rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    evals = [r for r in rows if any(k.startswith('evals/') for k in r)]
+    self.assertEqual([r['step'] for r in evals], [2, 4])  # smoke: 4 steps, every=2
+    self.assertEqual(sorted(k for k in evals[0] if k != 'step'),
+                     ['evals/norm/norm@16', 'evals/norm/norm@32'])
+    for ext in ('json', 'md', 'png'):
+      self.assertTrue((workdir / f'norm.{ext}').exists(), ext)
+    self.assertTrue((workdir / 'extrapolation.json').exists())  # the default still runs
+    saved = json.loads((workdir / 'norm.json').read_text())
+    self.assertEqual([r['length'] for r in saved['results']], [16, 32])
+
+  def test_unknown_type_is_one_error_line_and_writes_nothing(self):
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    p, workdir = _run_main(tmp, 'nope')
+    self.assertEqual(p.returncode, 2, p.stderr[-2000:])
+    errors = [l for l in p.stderr.splitlines() if l.startswith('error:')]
+    self.assertLen(errors, 1)
+    self.assertIn("evals.norm.type: unknown evaluation 'nope'", errors[0])
+    self.assertIsNone(tree_hash(workdir))
+
+  def test_entry_fields_override_and_bad_entries(self):
+    config = smoke.get_config()
+    task = Task(config, vocab_size=64)
+    config.evals.long = {'type': 'lm_extrapolation', 'lengths': (64,)}
+    evs = evaluators.build(task, config)
+    self.assertEqual([(e.name, e.output, e.every) for e in evs],
+                     [('lm_extrapolation', 'extrapolation', 0), ('lm_extrapolation', 'long', 0)])
+    self.assertEqual(tuple(evs[1].config.eval.lengths), (64,))
+    self.assertEqual(tuple(config.eval.lengths), (16, 32))  # the run's own fields untouched
+    for entry, match in (({'type': 'pe_norm', 'every': -1}, r'evals.x.every must be an int'),
+                         ({'type': 'pe_norm', 'every': 1.5}, r'evals.x.every must be an int'),
+                         ({'type': 'pe_norm', 'lenghts': (8,)}, "unknown field 'lenghts'"),
+                         ({'every': 1}, "evals.x must be a dict with a 'type'")):
+      c = smoke.get_config()
+      c.evals.x = entry
+      with pytest.raises(ConfigError, match=match):
+        evaluators.build(task, c)
+    c = smoke.get_config()
+    c.evals.extrapolation = {'type': 'pe_norm'}
+    with pytest.raises(ConfigError, match='taken by a default evaluation'):
+      evaluators.build(task, c)
 
 
 if __name__ == '__main__':

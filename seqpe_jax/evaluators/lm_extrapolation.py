@@ -101,8 +101,9 @@ class LMExtrapolation(Evaluator):
   table = Table(x_key='length', metric='ppl', metric_label='perplexity',
                 x_label='evaluation length (tokens)', log_x=True)
 
-  def __init__(self, task: Task, config: ml_collections.ConfigDict, data: Any = None):
-    super().__init__(task, config=config, data=data)
+  def __init__(self, task: Task, config: ml_collections.ConfigDict, data: Any = None,
+               spec: ml_collections.ConfigDict | None = None):
+    super().__init__(task, config=config, data=data, spec=spec)
     check_config(task, config)
     if data is not None:
       for split in config.eval.splits:

@@ -74,8 +74,9 @@ class ViTResolution(Evaluator):
                 x_label='evaluation image size (px)', size_unit=' px', percent=True,
                 y_label='top-1 accuracy')
 
-  def __init__(self, task: Task, config: ml_collections.ConfigDict, data: Any = None):
-    super().__init__(task, config=config, data=data)
+  def __init__(self, task: Task, config: ml_collections.ConfigDict, data: Any = None,
+               spec: ml_collections.ConfigDict | None = None):
+    super().__init__(task, config=config, data=data, spec=spec)
     check_config(task, config)
     sizes = [int(s) for s in config.eval.image_sizes]
     if data is not None and sizes:

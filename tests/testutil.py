@@ -1,10 +1,14 @@
 """Helpers shared by several test modules (not collected by pytest)."""
 
 import hashlib
+import importlib.util
 import os
 import pathlib
+import sys
 import tempfile
+import types
 
+from absl import flags
 from absl.testing import parameterized
 
 
@@ -19,6 +23,29 @@ def child_env() -> dict[str, str]:
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONPATH'] = str(REPO)
   return env
+
+
+_SCRIPT_PREFIX = 'benchmark_script_'
+
+
+def load_script(relpath: str) -> types.ModuleType:
+  """Imports a `benchmarks/` script as a module, for testing its functions in-process.
+
+  Scripts define absl flags at import and two of them share names (`--profile`, `--root`,
+  ...): the flags of a script loaded earlier in the same process are removed first, so a
+  test worker may load several. Tests call the scripts' functions, never read their flags.
+  """
+  for module, defined in flags.FLAGS.flags_by_module_dict().copy().items():
+    if module.startswith(_SCRIPT_PREFIX):
+      for flag in list(defined):  # deleting a flag edits this list
+        if flag.name in flags.FLAGS:
+          delattr(flags.FLAGS, flag.name)
+  name = _SCRIPT_PREFIX + pathlib.Path(relpath).stem
+  spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses look their module up while it executes
+  spec.loader.exec_module(module)
+  return module
 
 
 def tree_hash(root) -> str | None:

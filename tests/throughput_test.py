@@ -3,28 +3,19 @@
 No timing assertions: the numbers depend on the machine.
 """
 
-import importlib.util
 import json
 import math
 import pathlib
-import sys
 import tempfile
 
 from absl.testing import absltest
 
+from tests.testutil import load_script
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location('throughput_bench',
-                                                REPO / 'benchmarks' / 'throughput.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load()
+bench = load_script('benchmarks/throughput.py')
 
 ROW_KEYS = ('variant', 'ms_per_step', 'ms_min', 'ms_max', 'tokens_per_s', 'ratio_rope',
             'ratio_learned', 'compile_s', 'peak_mem_bytes', 'peak_mem_source', 'eval_ms_1x',

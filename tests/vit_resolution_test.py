@@ -1,6 +1,5 @@
 """benchmarks/vit_resolution.py: the grid the issue asks for, the report, one real shrunk run."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -9,21 +8,12 @@ import tempfile
 
 from absl.testing import absltest
 
-from tests.testutil import child_env
+from tests.testutil import child_env, load_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location('vit_resolution_bench',
-                                                REPO / 'benchmarks' / 'vit_resolution.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load()
+bench = load_script('benchmarks/vit_resolution.py')
 
 
 def _record(pe, mode, seed, top1s, sizes=(32, 40)):

@@ -20,20 +20,17 @@ Gutenberg.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
-import os
 import pathlib
-import re
-import subprocess
 import sys
-import threading
-import time
 
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+from benchmarks import sweep  # pylint: disable=g-import-not-at-top
 _PROFILE = flags.DEFINE_enum('profile', 'quick', ['quick', 'full'], 'Grid and model size.')
 _ROOT = flags.DEFINE_string('root', 'runs/lm_extrapolation', 'Parent of the run workdirs.')
 _OUTPUT = flags.DEFINE_string('output', 'benchmarks/results/lm_extrapolation.json',
@@ -126,11 +123,7 @@ class Run:
     _, overrides = _variant(self.name)
     sets = (*self.profile.overrides, f'data.name={self.corpus}', f'train.steps={self.steps}',
             f'seed={self.seed}', *overrides, *_OVERRIDE.value)
-    # One flag per key, the last one winning: a repeated tuple-valued config flag is not
-    # replaced by ml_collections (('valid','test') then ('valid',) gave three splits).
-    sets = tuple({s.split('=', 1)[0]: s for s in sets}.values())
-    return [sys.executable, '-m', 'seqpe_jax.main', f'--config={self.profile.config}',
-            f'--workdir={self.workdir(root)}', *(f'--config.{s}' for s in sets)]
+    return sweep.main_command(self.profile.config, self.workdir(root), sets)
 
   def record(self, root: pathlib.Path) -> dict | None:
     path = self.workdir(root) / 'extrapolation.json'
@@ -145,24 +138,6 @@ class Run:
             'seed': self.seed, 'train_length': rep['train_length'], 'overrides': list(overrides),
             'results': [{'length': r['length'], 'split': r['split'], 'ppl': r['ppl']}
                         for r in rep['results']]}
-
-
-def _execute(run: Run, root: pathlib.Path, slot: int, log_lock: threading.Lock) -> None:
-  env = dict(os.environ)
-  cmd = run.command(root)
-  if _PROFILE.value == 'quick':  # one core per run: two pinned processes beat one 2-thread one
-    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
-                        'intra_op_parallelism_threads=1').strip()
-    ncpu = os.cpu_count() or 1
-    cmd = ['taskset', '-c', str(slot % ncpu), *cmd]
-  run.workdir(root).mkdir(parents=True, exist_ok=True)
-  log = run.workdir(root) / 'run.log'
-  t0 = time.time()
-  with open(log, 'w') as f:
-    rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-  with log_lock:
-    status = 'ok' if rc == 0 else f'FAILED (rc {rc}, see {log})'
-    print(f'{run.id}: {status} in {time.time() - t0:.0f} s', flush=True)
 
 
 # ---------------------------------------------------------------------------- report
@@ -260,38 +235,12 @@ def write(records: list[dict], output: pathlib.Path) -> None:
 def main(argv) -> None:
   del argv
   profile = PROFILES[_PROFILE.value]
-  root = pathlib.Path(_ROOT.value)
-  output = pathlib.Path(_OUTPUT.value)
-  runs = profile.runs()
-  if _ONLY.value:
-    runs = [r for r in runs if re.search(_ONLY.value, r.id)]
-  todo = [r for r in runs if r.record(root) is None]
-  if _LIST.value:
-    for r in runs:
-      print(('todo ' if r in todo else 'done ') + r.id)
-    print(f'{len(runs) - len(todo)} done, {len(todo)} to do')
-    return
-  print(f'{len(runs)} runs, {len(runs) - len(todo)} already done', flush=True)
-  lock = threading.Lock()
-  slots = list(range(max(_JOBS.value, 1)))
-
-  def job(run: Run) -> None:
-    with lock:
-      slot = slots.pop(0)
-    try:
-      _execute(run, root, slot, lock)
-    finally:
-      with lock:
-        slots.append(slot)
-        write([x for r in runs if (x := r.record(root))], output)
-
-  with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
-    list(pool.map(job, todo))
-  records = [x for r in runs if (x := r.record(root))]
-  write(records, output)
-  print(f'{len(records)}/{len(runs)} runs in {output} (+ .md, .png)')
-  if len(records) < len(runs):
-    sys.exit(1)
+  root, output = pathlib.Path(_ROOT.value), pathlib.Path(_OUTPUT.value)
+  runs = sweep.select(profile.runs(), _ONLY.value)
+  done = sweep.run_all(runs, root, jobs=_JOBS.value, pinned=_PROFILE.value == 'quick',
+                       write=lambda records: write(records, output), list_only=_LIST.value)
+  if not _LIST.value:
+    sweep.finish(done, len(runs), output)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,11 @@
 r"""Resolution extrapolation of every 2-D PE: a ViT trained on CIFAR-10 at 32 px, tested larger.
 
 Each run is one `python -m seqpe_jax.main --config=configs/vit_cifar10.py` training +
-evaluation (its own workdir under --root); a rerun skips runs whose `extrapolation.json`
-exists, so an interrupted sweep resumes (an interrupted run resumes from its checkpoint).
+evaluation (its own workdir under --root; scheduling in benchmarks/sweep.py); a rerun skips
+runs whose `extrapolation.json` exists, so an interrupted sweep resumes (an interrupted run
+resumes from its checkpoint). SeqPE's two evaluation modes share one trained model per
+seed: `seqpe-interpolate` is an evaluation-only run (`--mode=eval`) of a copy of the
+`seqpe-extend` run's checkpoints, scheduled after the training runs.
 After every finished run the collected records are written to --output (JSON
 `{"profile": ..., "runs": [...]}`, top-1 in percent), a markdown table (mean [min-max]
 over seeds, one row per PE/mode, one column per image size) next to it and a plot
@@ -25,7 +28,8 @@ profile on a 2-core CPU):
 `quick`: configs/vit_cifar10.py's ViT (4 layers x 128, 4 heads, patch 4; SeqPE encoder
 2 x 64, attn_mul, the config's regulariser counts) at batch 64 for 1600 steps (~2 epochs
 of the 50k training images; lr 1e-3, 100 warm-up steps, cosine), no augmentation, 2000
-evenly spaced test images per size; 14 runs, 2 at a time, each pinned to one core.
+evenly spaced test images per size; 12 trainings + 2 evaluation-only runs, 2 at a time,
+each pinned to one core.
 
 MEASURED (this 2-core machine while 2-3 other training/test processes shared both cores;
 30-40-step runs pinned to one core with single-thread XLA; each process got ~67% of its
@@ -36,33 +40,31 @@ images 1.7-2.2 s at 32 px and 6.5 s at 64 px.
 
 ESTIMATED, not measured: on an otherwise idle core ~0.6x those times (seqpe ~0.55 s/step,
 rope2d/rope_mixed ~0.4, learned/sincos2d/nope ~0.32 at batch 64), i.e. ~15 min per SeqPE
-run, ~9-11 min per baseline run, ~1.5 min of startup + evaluation each: ~85-90 min for the
-14 runs two at a time. Top-1 at 32 px after ~2 epochs: roughly 55-62% (no augmentation,
+run, ~9-11 min per baseline run, ~1.5 min of startup + evaluation each: ~75 min for the
+12 trainings two at a time. Top-1 at 32 px after ~2 epochs: roughly 55-62% (no augmentation,
 because a run this short underfits and crop/flip would only slow it); the >= 60% target
 is not guaranteed. The first real sweep should check both (run.log, and the `seconds` in
 each `extrapolation.json`); if 32-px top-1 falls short, raise `train.steps` (time grows
 about linearly).
 
 `full`: a 6 x 256 ViT (8 heads) at batch 256, 20000 steps (~100 epochs) with the simple
-crop + flip augmentation, the whole 10k test set, seeds 0-2 (21 runs; estimated, not run).
+crop + flip augmentation, the whole 10k test set, seeds 0-2 (18 trainings + 3 evaluation-only runs; estimated, not run).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
-import os
 import pathlib
-import re
-import subprocess
+import shutil
 import sys
-import threading
-import time
 
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+from benchmarks import sweep  # pylint: disable=g-import-not-at-top
 _PROFILE = flags.DEFINE_enum('profile', 'quick', ['quick', 'full'], 'Grid and model size.')
 _ROOT = flags.DEFINE_string('root', 'runs/vit_resolution', 'Parent of the run workdirs.')
 _OUTPUT = flags.DEFINE_string('output', 'benchmarks/results/vit_resolution.json',
@@ -85,6 +87,10 @@ VARIANTS: dict[tuple[str, str], tuple[str, ...]] = {
     ('rope_mixed', 'extend'): ('pe.type=rope_mixed', 'eval.mode=extend'),
     ('nope', 'extend'): ('pe.type=nope', 'eval.mode=extend'),
 }
+# Evaluation-only variants: the checkpoint another variant trained (same seed), evaluated
+# with a different `eval.mode` -- SeqPE's two modes differ only at evaluation, so the
+# model is trained once per seed.
+EVAL_OF: dict[tuple[str, str], tuple[str, str]] = {('seqpe', 'interpolate'): ('seqpe', 'extend')}
 TRAIN_SIZE = 32
 EVAL_SIZES = (32, 40, 48, 56, 64)
 
@@ -136,17 +142,30 @@ class Run:
   def workdir(self, root: pathlib.Path) -> pathlib.Path:
     return root / self.id
 
+  @property
+  def after(self) -> str | None:
+    """The id of the run whose checkpoint this one evaluates (None: it trains its own)."""
+    src = EVAL_OF.get((self.pe, self.mode))
+    return None if src is None else f'{variant_name(*src)}/seed{self.seed}'
+
   def command(self, root: pathlib.Path, extra: tuple[str, ...] | None = None) -> list[str]:
     """The run's command line; `extra` overrides (default: --override) come last."""
     if extra is None:
       extra = tuple(_OVERRIDE.value) if flags.FLAGS.is_parsed() else ()
     sets = (*self.profile.overrides, f'seed={self.seed}', *VARIANTS[(self.pe, self.mode)],
             *extra)
-    # One flag per key, the last one winning: a repeated tuple-valued config flag is not
-    # replaced by ml_collections.
-    sets = tuple({s.split('=', 1)[0]: s for s in sets}.values())
-    return [sys.executable, '-m', 'seqpe_jax.main', f'--config={self.profile.config}',
-            f'--workdir={self.workdir(root)}', *(f'--config.{s}' for s in sets)]
+    return sweep.main_command(self.profile.config, self.workdir(root), sets,
+                              mode='eval' if self.after else 'train')
+
+  def prepare(self, root: pathlib.Path) -> None:
+    """An evaluation-only run starts from a copy of its source run's checkpoints."""
+    if not self.after:
+      return
+    src, dst = root / self.after, self.workdir(root)
+    if (src / 'checkpoints').is_dir() and (src / 'config.json').is_file():
+      shutil.copytree(src / 'checkpoints', dst / 'checkpoints', dirs_exist_ok=True)
+      shutil.copy2(src / 'config.json', dst / 'config.json')
+    # else: `main --mode=eval` fails with "no checkpoint ...; train first", logged.
 
   def record(self, root: pathlib.Path) -> dict | None:
     path = self.workdir(root) / 'extrapolation.json'
@@ -157,8 +176,10 @@ class Run:
     rows = [r for r in rep['results'] if r.get('split', 'test') == 'test']
     # What the run trained and evaluated (a --override may shrink it), not what the grid
     # asked for; the report's top-1 is a fraction, the record's a percent.
+    modes = sorted({r['mode'] for r in rows})
     return {'pe': self.pe, 'mode': self.mode, 'variant': self.name,
-            'eval_mode': config['eval']['mode'],
+            'eval_mode': modes[0] if len(modes) == 1 else modes,
+            'trained_in': self.after or self.id,
             'learned_resize': config['pe']['learned']['resize'] if self.pe == 'learned' else None,
             'seed': config['seed'], 'steps': config['train']['steps'],
             'batch_size': config['train']['batch_size'],
@@ -167,24 +188,6 @@ class Run:
             'overrides': list(VARIANTS[(self.pe, self.mode)]),
             'results': [{'image_size': r['image_size'], 'top1': 100.0 * r['top1']}
                         for r in rows]}
-
-
-def _execute(run: Run, root: pathlib.Path, slot: int, log_lock: threading.Lock) -> None:
-  env = dict(os.environ)
-  cmd = run.command(root)
-  if _PROFILE.value == 'quick':  # one core per run: two pinned processes beat one 2-thread one
-    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
-                        'intra_op_parallelism_threads=1').strip()
-    ncpu = os.cpu_count() or 1
-    cmd = ['taskset', '-c', str(slot % ncpu), *cmd]
-  run.workdir(root).mkdir(parents=True, exist_ok=True)
-  log = run.workdir(root) / 'run.log'
-  t0 = time.time()
-  with open(log, 'w') as f:
-    rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-  with log_lock:
-    status = 'ok' if rc == 0 else f'FAILED (rc {rc}, see {log})'
-    print(f'{run.id}: {status} in {time.time() - t0:.0f} s', flush=True)
 
 
 # ---------------------------------------------------------------------------- report
@@ -277,38 +280,12 @@ def write(records: list[dict], output: pathlib.Path) -> None:
 def main(argv) -> None:
   del argv
   profile = PROFILES[_PROFILE.value]
-  root = pathlib.Path(_ROOT.value)
-  output = pathlib.Path(_OUTPUT.value)
-  runs = profile.runs()
-  if _ONLY.value:
-    runs = [r for r in runs if re.search(_ONLY.value, r.id)]
-  todo = [r for r in runs if r.record(root) is None]
-  if _LIST.value:
-    for r in runs:
-      print(('todo ' if r in todo else 'done ') + r.id)
-    print(f'{len(runs) - len(todo)} done, {len(todo)} to do')
-    return
-  print(f'{len(runs)} runs, {len(runs) - len(todo)} already done', flush=True)
-  lock = threading.Lock()
-  slots = list(range(max(_JOBS.value, 1)))
-
-  def job(run: Run) -> None:
-    with lock:
-      slot = slots.pop(0)
-    try:
-      _execute(run, root, slot, lock)
-    finally:
-      with lock:
-        slots.append(slot)
-        write([x for r in runs if (x := r.record(root))], output)
-
-  with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
-    list(pool.map(job, todo))
-  records = [x for r in runs if (x := r.record(root))]
-  write(records, output)
-  print(f'{len(records)}/{len(runs)} runs in {output} (+ .md, .png)')
-  if len(records) < len(runs):
-    sys.exit(1)
+  root, output = pathlib.Path(_ROOT.value), pathlib.Path(_OUTPUT.value)
+  runs = sweep.select(profile.runs(), _ONLY.value)
+  done = sweep.run_all(runs, root, jobs=_JOBS.value, pinned=_PROFILE.value == 'quick',
+                       write=lambda records: write(records, output), list_only=_LIST.value)
+  if not _LIST.value:
+    sweep.finish(done, len(runs), output)
 
 
 if __name__ == '__main__':

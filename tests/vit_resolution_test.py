@@ -59,6 +59,11 @@ class GridTest(absltest.TestCase):
     self.assertEqual((ext['pe.type'], ext['eval.mode'], ext['seed']), ('seqpe', 'extend', '0'))
     self.assertEqual((itp['pe.type'], itp['eval.mode'], itp['seed']),
                      ('seqpe', 'interpolate', '1'))
+    # Interpolate evaluates the checkpoint the extend run of the same seed trained.
+    self.assertEqual(runs['seqpe-interpolate/seed1'].after, 'seqpe-extend/seed1')
+    self.assertIn('--mode=eval', runs['seqpe-interpolate/seed1'].command(root))
+    self.assertIsNone(runs['seqpe-extend/seed1'].after)
+    self.assertNotIn('--mode=eval', runs['seqpe-extend/seed1'].command(root))
     self.assertEqual((learned['pe.type'], learned['pe.learned.resize']), ('learned', 'bicubic'))
     self.assertEqual(rope['pe.type'], 'rope2d')
     cmd = runs['nope-extend/seed0'].command(root)
@@ -86,12 +91,12 @@ class GridTest(absltest.TestCase):
 
 class EndToEndTest(absltest.TestCase):
 
-  def test_one_shrunk_run_writes_json_md_png_and_resumes(self):
+  def test_shrunk_seqpe_runs_write_json_md_png_and_resume(self):
     with tempfile.TemporaryDirectory() as tmp:
       out = pathlib.Path(tmp) / 'r.json'
       # configs/smoke.py's task=vit shrinking.
       cmd = [sys.executable, 'benchmarks/vit_resolution.py', f'--root={tmp}/runs',
-             f'--output={out}', '--jobs=1', '--only=^seqpe-interpolate/seed0$',
+             f'--output={out}', '--jobs=1', '--only=^seqpe-(extend|interpolate)/seed0$',
              *(f'--override={o}' for o in (
                  'model.num_layers=1', 'model.width=32', 'model.num_heads=2',
                  'pe.seqpe.width=16', 'pe.seqpe.heads=2', 'aux.num_pivots=2',
@@ -105,21 +110,31 @@ class EndToEndTest(absltest.TestCase):
       self.assertEqual(done.returncode, 0, done.stdout[-2000:] + done.stderr[-2000:])
       rep = json.loads(out.read_text())
       self.assertEqual(rep['profile'], 'quick')
-      self.assertLen(rep['runs'], 1)
-      run = rep['runs'][0]
-      self.assertEqual((run['pe'], run['mode'], run['eval_mode'], run['seed'],
-                        run['train_image_size'], run['steps']),
-                       ('seqpe', 'interpolate', 'interpolate', 0, 8, 2))
-      self.assertEqual([r['image_size'] for r in run['results']], [8, 12])
-      for r in run['results']:  # a percent: 16 examples give multiples of 6.25
-        self.assertBetween(r['top1'], 0.0, 100.0)
-        self.assertAlmostEqual(r['top1'] / 6.25, round(r['top1'] / 6.25), places=6)
-      self.assertIn('| seqpe | interpolate | 1 |', out.with_suffix('.md').read_text())
+      self.assertLen(rep['runs'], 2)
+      ext, itp = rep['runs']  # in the grid's order
+      self.assertEqual((ext['mode'], ext['eval_mode'], ext['trained_in']),
+                       ('extend', 'extend', 'seqpe-extend/seed0'))
+      self.assertEqual((itp['pe'], itp['mode'], itp['eval_mode'], itp['seed'],
+                        itp['train_image_size'], itp['steps'], itp['trained_in']),
+                       ('seqpe', 'interpolate', 'interpolate', 0, 8, 2, 'seqpe-extend/seed0'))
+      for run in (ext, itp):
+        self.assertEqual([r['image_size'] for r in run['results']], [8, 12])
+        for r in run['results']:  # a percent: 16 examples give multiples of 6.25
+          self.assertBetween(r['top1'], 0.0, 100.0)
+          self.assertAlmostEqual(r['top1'] / 6.25, round(r['top1'] / 6.25), places=6)
+      # Same trained model: identical at the training size, where both modes encode the
+      # training grid.
+      self.assertEqual(ext['results'][0]['top1'], itp['results'][0]['top1'])
+      itp_dir = pathlib.Path(tmp) / 'runs/seqpe-interpolate/seed0'
+      self.assertFalse((itp_dir / 'metrics.jsonl').exists())  # evaluated, not trained
+      md = out.with_suffix('.md').read_text()
+      self.assertIn('| seqpe | interpolate | 1 |', md)
+      self.assertIn('| seqpe | extend | 1 |', md)
       self.assertTrue(out.with_suffix('.png').is_file())
       again = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True,
                              timeout=600)
       self.assertEqual(again.returncode, 0, again.stdout[-2000:] + again.stderr[-2000:])
-      self.assertIn('1 already done', again.stdout)
+      self.assertIn('2 already done', again.stdout)
 
 
 if __name__ == '__main__':

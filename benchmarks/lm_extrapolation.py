@@ -143,15 +143,8 @@ class Run:
 # ---------------------------------------------------------------------------- report
 
 
-def _stats(values: list[float]) -> tuple[float, float, float]:
-  return sum(values) / len(values), min(values), max(values)
-
-
 def _cell(values: list[float]) -> str:
-  if not values:
-    return '–'
-  mean, lo, hi = _stats(values)
-  return f'{mean:.2f}' if len(values) == 1 else f'{mean:.2f} [{lo:.2f}–{hi:.2f}]'
+  return sweep.cell(values, 2)
 
 
 def _groups(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
@@ -234,13 +227,9 @@ def write(records: list[dict], output: pathlib.Path) -> None:
 
 def main(argv) -> None:
   del argv
-  profile = PROFILES[_PROFILE.value]
-  root, output = pathlib.Path(_ROOT.value), pathlib.Path(_OUTPUT.value)
-  runs = sweep.select(profile.runs(), _ONLY.value)
-  done = sweep.run_all(runs, root, jobs=_JOBS.value, pinned=_PROFILE.value == 'quick',
-                       write=lambda records: write(records, output), list_only=_LIST.value)
-  if not _LIST.value:
-    sweep.finish(done, len(runs), output)
+  sweep.main(PROFILES[_PROFILE.value].runs(), root=_ROOT.value, output=_OUTPUT.value,
+             only=_ONLY.value, jobs=_JOBS.value, pinned=_PROFILE.value == 'quick',
+             list_only=_LIST.value, write=write)
 
 
 if __name__ == '__main__':

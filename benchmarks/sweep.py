@@ -124,8 +124,25 @@ def run_all(runs: list, root: pathlib.Path, *, jobs: int, pinned: bool,
   return len(done)
 
 
-def finish(count: int, total: int, output: pathlib.Path) -> None:
-  """The closing line; exit status 1 when some run failed."""
-  print(f'{count}/{total} runs in {output} (+ .md, .png)')
-  if count < total:
+def main(runs: list, *, root: str, output: str, only: str, jobs: int, pinned: bool,
+         list_only: bool, write: Callable[[list[dict], pathlib.Path], None]) -> None:
+  """A script's main: select, list or run, report; exit status 1 when some run failed."""
+  root_path, output_path = pathlib.Path(root), pathlib.Path(output)
+  runs = select(runs, only)
+  done = run_all(runs, root_path, jobs=jobs, pinned=pinned, list_only=list_only,
+                 write=lambda records: write(records, output_path))
+  if list_only:
+    return
+  print(f'{done}/{len(runs)} runs in {output_path} (+ .md, .png)')
+  if done < len(runs):
     sys.exit(1)
+
+
+def cell(values: list[float], digits: int) -> str:
+  """A table cell: the mean, with [min–max] when there is more than one value."""
+  if not values:
+    return '–'
+  mean, lo, hi = sum(values) / len(values), min(values), max(values)
+  if len(values) == 1:
+    return f'{mean:.{digits}f}'
+  return f'{mean:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]'

@@ -55,6 +55,11 @@ class CommandTest(absltest.TestCase):
     cmd = sweep.main_command('configs/x.py', pathlib.Path('/r/a'), [], mode='eval')
     self.assertIn('--mode=eval', cmd)
 
+  def test_cell(self):
+    self.assertEqual(sweep.cell([], 2), '–')
+    self.assertEqual(sweep.cell([1.234], 2), '1.23')
+    self.assertEqual(sweep.cell([1.0, 2.0, 4.5], 1), '2.5 [1.0–4.5]')
+
   def test_select(self):
     runs = [FakeRun('a/seed0', ''), FakeRun('b/seed0', ''), FakeRun('a/seed1', '')]
     self.assertEqual([r.id for r in sweep.select(runs, '^a/')], ['a/seed0', 'a/seed1'])
@@ -89,13 +94,15 @@ class RunAllTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as tmp:
       root, log = pathlib.Path(tmp), f'{tmp}/order.log'
       runs = [FakeRun('bad/seed0', log, fail=True), FakeRun('good/seed0', log)]
-      with redirect_stdout(io.StringIO()) as out:
-        n = sweep.run_all(runs, root, jobs=2, pinned=False, write=lambda r: None)
-      self.assertEqual(n, 1)
+      written = []
+      with self.assertRaises(SystemExit) as exit_, redirect_stdout(io.StringIO()) as out:
+        sweep.main(runs, root=tmp, output=f'{tmp}/r.json', only='', jobs=2, pinned=False,
+                   list_only=False, write=lambda r, path: written.append((len(r), path)))
+      self.assertEqual(exit_.exception.code, 1)
       self.assertIn('bad/seed0: FAILED (rc 3', out.getvalue())
       self.assertIn('good/seed0: ok', out.getvalue())
-      with self.assertRaises(SystemExit), redirect_stdout(io.StringIO()):
-        sweep.finish(n, len(runs), root / 'r.json')
+      self.assertIn(f'1/2 runs in {tmp}/r.json', out.getvalue())
+      self.assertEqual(written[-1], (1, pathlib.Path(f'{tmp}/r.json')))
 
   def test_list_only_runs_nothing(self):
     with tempfile.TemporaryDirectory() as tmp:

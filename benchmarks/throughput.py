@@ -17,8 +17,9 @@ regularisers, random shifts, clipping, AdamW).
   # the official per-device sampler counts (16 pivots / OOD items / shift sets per device):
   python benchmarks/throughput.py --profile=device --per_device_counts
 
-Variants are `pe[:attention_impl][+key=value,...]` (dotted config keys), e.g. `seqpe`,
-`rope:fused`, `seqpe+aux.num_pivots=64`, or a named SeqPE ablation:
+Variants are `pe[:attention_impl][+key=value...]` (dotted config keys, each after a `+`),
+e.g. `seqpe`, `rope:fused`, `seqpe+aux.num_pivots=64+model.attn_dropout=0`, or a named SeqPE
+ablation:
 
   seqpe-noct     aux.contrastive_weight=0        (no contrastive regulariser)
   seqpe-noood    aux.ood_weight=0                (no OOD distillation)
@@ -27,6 +28,9 @@ Variants are `pe[:attention_impl][+key=value,...]` (dotted config keys), e.g. `s
   seqpe-shift1   aux.shift_rate=1                (forced shift: every step takes the branch)
   seqpe-shift0   aux.shift_rate=1e-9             (forced default: the cond is compiled in,
                                                   the branch is (almost) never taken)
+  seqpe-plain    pe.seqpe.share_prefixes=False, pe.seqpe.scalar_form=concat (the encoder on
+                 one digit sequence per position and q·k widened in every layer: SeqPE as
+                 it was before the prefix tree and the shared attn_scalar bias)
 
 Where SeqPE's extra time goes (`shares` in the JSON, fractions of the `seqpe` step, each
 from two variants timed in the same run; t[v] is the median ms/step of v):
@@ -113,6 +117,8 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
                               'aux.shift_rate': 0.0}),
     'seqpe-shift1': ('seqpe', {'aux.shift_rate': 1.0}),
     'seqpe-shift0': ('seqpe', {'aux.shift_rate': 1e-9}),
+    'seqpe-plain': ('seqpe', {'pe.seqpe.share_prefixes': False,
+                              'pe.seqpe.scalar_form': 'concat'}),
 }
 ALL_VARIANTS = ('seqpe', 'rope', 'alibi', 'learned', 'nope', 'seqpe-noaux', 'seqpe-noct',
                 'seqpe-noood', 'seqpe-noshift', 'seqpe-shift1', 'seqpe-shift0')
@@ -167,12 +173,16 @@ def define_flags(fv: flags.FlagValues) -> None:
                     flag_values=fv)
   flags.DEFINE_bool('eval', True, 'Time the cached-PE evaluation forward at 1x and 4x.',
                     flag_values=fv)
+  flags.DEFINE_list('eval_variants', [], 'Variants whose evaluation is timed (default: all).',
+                    flag_values=fv)
   flags.DEFINE_integer('eval_batch', 0, 'Eval batch (0: the config\'s eval.batch_size).',
                        flag_values=fv)
   flags.DEFINE_integer('eval_steps', 3, 'Timed eval batches per variant, length and round.',
                        flag_values=fv)
   flags.DEFINE_bool('decode', True, 'Time KV-cached greedy decoding (if seqpe_jax.generate '
                     'exists).', flag_values=fv)
+  flags.DEFINE_list('decode_variants', [], 'Variants whose decoding is timed (default: all).',
+                    flag_values=fv)
   flags.DEFINE_integer('decode_batch', 1, 'Decoding batch.', flag_values=fv)
   flags.DEFINE_integer('decode_prompt', 16, 'Decoding prompt tokens.', flag_values=fv)
   flags.DEFINE_integer('decode_tokens', 64, 'New tokens per decoding call.', flag_values=fv)
@@ -229,7 +239,7 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
     pe, overrides = ABLATIONS[name][0], dict(ABLATIONS[name][1])
   else:
     pe, overrides = name, {}
-  for item in filter(None, (s.strip() for s in rest.split(','))):
+  for item in filter(None, (s.strip() for s in rest.replace('+', ',').split(','))):
     k, eq, v = item.partition('=')
     if not eq:
       raise ValueError(f'variant {spec!r}: override {item!r} is not key=value')
@@ -360,6 +370,11 @@ def build(name: str, base: ml_collections.ConfigDict, mesh, warmup: int) -> Vari
          'shift_sets': task.aux.shift_sets, 'shift_rate': task.aux.shift_rate,
          'flops_per_token': model_flops_per_token(task, state.params)}
   return Variant(name, config, task, state, compiled, row, batch=batch, rng=rng)
+
+
+def _subset(variants: list[Variant], names: Sequence[str]) -> list[Variant]:
+  """The variants named in `names` (all if empty)."""
+  return [v for v in variants if not names or v.name in names]
 
 
 def time_round(v: Variant, steps: int) -> None:
@@ -594,6 +609,10 @@ def main(argv: Sequence[str]) -> dict:
   eval_batch = int(math.ceil(eval_batch / dp) * dp)
   steps, repeats = fv.steps or prof.steps, fv.repeats or prof.repeats
   names = list(fv.variants or prof.variants)
+  for flag in ('eval_variants', 'decode_variants'):
+    unknown = [n for n in getattr(fv, flag) if n not in names]
+    if unknown:
+      raise ValueError(f'--{flag}: {unknown} are not among the variants {names}')
   length = int(config.train.seq_len)
   notes = ['the machine may be shared with other jobs; ratios within one run are comparable, '
            'absolute times are noisy'] if on_cpu else []
@@ -616,9 +635,10 @@ def main(argv: Sequence[str]) -> dict:
           f'{v.name} {v.ms_rounds[-1]:.1f}' for v in variants) + ' ms/step', flush=True)
 
     if fv.eval:
-      setups = [_eval_setup(v, mesh, eval_batch, (1, 4)) for v in variants]
+      timed = _subset(variants, fv.eval_variants)
+      setups = [_eval_setup(v, mesh, eval_batch, (1, 4)) for v in timed]
       for _ in range(repeats):
-        for v, s in zip(variants, setups):
+        for v, s in zip(timed, setups):
           time_eval(v, s, fv.eval_steps)
       del setups
 
@@ -627,8 +647,9 @@ def main(argv: Sequence[str]) -> dict:
       from seqpe_jax import generate  # pylint: disable=g-import-not-at-top
       prompt = synthetic_batch(vocab_size(config), fv.decode_batch, fv.decode_prompt,
                                seed=7)['inputs']
+      timed = _subset(variants, fv.decode_variants)
       for first in (True,) + (False,) * repeats:
-        for v in variants:
+        for v in timed:
           time_decode(v, generate.generate, prompt, fv.decode_tokens, first)
     elif fv.decode:
       notes.append('decode tok/s is null: seqpe_jax.generate (KV-cached decoding) is not in '

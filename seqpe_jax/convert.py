@@ -249,7 +249,7 @@ def official_pe_config(pe_config: Mapping[str, Any], *, task: str, width: int,
   scale = float(_get(pe_config, 'SEQPE_SCALAR_SCALE', w, 1.0)) if text else 1.0
   pe = PEConfig(
       type='seqpe', apply=apply, pe_qk=pe_qk, multi_head=multi_head, scalar_scale=scale,
-      scalar_form='concat', max_digits=_int(pe_config, 'SEQPE_MAX_DIGITS', w),
+      scalar_form='auto', max_digits=_int(pe_config, 'SEQPE_MAX_DIGITS', w),
       width=_int(pe_config, 'PE_EMBED_DIM', w), heads=_int(pe_config, 'NUM_ATTENTION_HEADS', w),
       layers=_int(pe_config, 'SEQPE_LAYER_NUM', w), out_dim=out_dim,
       causal=direction == 'causal',
@@ -665,7 +665,7 @@ def read_official(official: str | pathlib.Path, task: str, *, pe_config: str = '
 def _seqpe_section(pe) -> dict:
   names = ('apply', 'pe_qk', 'multi_head', 'scalar_scale', 'scalar_form', 'max_digits', 'width',
            'heads', 'layers', 'out_dim', 'causal', 'dropout', 'attn_dropout', 'final_ln',
-           'temperature', 'mask_padding')
+           'temperature', 'mask_padding', 'share_prefixes')
   return {n: getattr(pe, n) for n in names}
 
 

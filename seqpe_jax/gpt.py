@@ -60,8 +60,8 @@ class GPT(nn.Module):
     self.posenc = PositionEncoder(self.pe, c.width, c.num_heads, data_dim=1,
                                   train_grid=(self.train_len,), causal=True, dtype=dtype)
     block = block_class(c.remat)
-    injection = dataclasses.replace(self.pe.injection(),
-                                    official_cache_bias=self.official_cache_bias)
+    self.injection = injection = dataclasses.replace(
+        self.pe.injection(), official_cache_bias=self.official_cache_bias)
     self.blocks = [
         block(c.num_heads, injection=injection, causal=True, dropout_rate=c.dropout,
               attn_dropout_rate=c.attn_dropout, ln_eps=c.ln_eps, mlp_ratio=c.mlp_ratio,
@@ -105,8 +105,13 @@ class GPT(nn.Module):
       pe = self.encode_positions(positions_PxL, aux_positions_Mxn, deterministic=deterministic)
     x_BxLxC = self.tok_embed(tokens_BxL) if embeddings_BxLxC is None else embeddings_BxLxC
     x_BxLxC = self._embed(x_BxLxC, pe, deterministic)
+    c = self.cfg
+    ctx = self.injection.prepare(  # work the layers share (SeqPE attn_scalar's bias)
+        pe.ctx, num_heads=c.num_heads, head_dim=c.width // c.num_heads,
+        materialized=layers.materializes_logits(c.attention_impl,
+                                                c.attn_dropout > 0 and not deterministic))
     for block in self.blocks:
-      x_BxLxC = block(x_BxLxC, pe.ctx, mask_BxLxL, deterministic)
+      x_BxLxC = block(x_BxLxC, ctx, mask_BxLxL, deterministic)
     return self._logits(x_BxLxC), pe
 
   def extend(self, tokens_BxL: jax.Array, pe: PEOutput, caches: tuple[KVCache, ...]

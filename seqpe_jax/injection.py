@@ -11,6 +11,14 @@ position encoder) is handed to every layer; the PE type's `AttentionHook`
                     and key positions (ALiBi -m_h (i - j), FIRE, KERPLE), or
                     attn_scalar's explicit bias `s PE_q·PE_k` (`scalar_form='bias'`)
 
+and, once per forward pass before the layers, `prepare(ctx)`: work every layer
+shares. SeqPE's attn_scalar with one shared `pe_qk` adds the SAME bias
+`s PE_q·PE_k` in every layer and for every sequence of a position set, so where the
+logits are materialised anyway (the reference path) it is computed once, `[P, L, H,
+S]` in `ctx.attn_bias`, and added to each layer's logits — instead of widening every
+layer's q·k to `[q; s PE_q]·[k; PE_k]` (the concat form, kept for the fused kernels
+and the KV cache).
+
 Queries and keys carry separate positions: `PEContext.for_queries(L)` is the
 queries' rows (its `query` field if set, else the last L rows, the general
 query slice; the SeqPE encoder's CLS-only last layer is L = 1), and the keys
@@ -61,6 +69,8 @@ class PEContext:
   q_pe: jax.Array | None = None        # [P, S, E] shared pe_qk output (query half)
   k_pe: jax.Array | None = None        # [P, S, E] (key half)
   input_embed: jax.Array | None = None  # [P, S, C] added to the token embeddings
+  attn_bias: jax.Array | None = None   # [P, L, H|1, S] float32 logits bias of every layer
+                                       # (`AttentionHook.prepare`; query rows on axis 1)
   query: 'PEContext | None' = None     # the queries' rows when they are not the keys' last rows
 
   def for_queries(self, length: int) -> 'PEContext':
@@ -130,6 +140,12 @@ def concat_scalar(q_BxLxHxK, k_BxSxHxK, q_pe_BxLxHxK, k_pe_BxSxHxK, scale: float
 
 # ----------------------------------------------------------------------------- hooks
 
+# attn_scalar's forms. bias: `prepare` computes s PE_q·PE_k once per forward for every layer
+# (needs a shared pe_qk); concat: each layer widens q·k to [q; s PE_q]·[k; PE_k] (fused-kernel
+# and KV-cache friendly; also where the bias cannot be shared); auto: bias where the logits
+# are materialised anyway (the reference path), concat for the fused kernels.
+SCALAR_FORMS = ('auto', 'concat', 'bias')
+
 @dataclasses.dataclass(frozen=True)
 class AttentionHook:
   """How a PE type enters attention (static, hashable); this base does nothing (NoPE,
@@ -146,6 +162,16 @@ class AttentionHook:
   def key_dim(self, head_dim: int) -> int:
     """Width of a key as attention sees it (what the KV cache stores)."""
     return head_dim
+
+  def prepare(self, ctx: PEContext, *, num_heads: int, head_dim: int,
+              materialized: bool) -> PEContext:
+    """Per-forward work shared by every layer (uncached passes; default: none).
+
+    `materialized`: this pass's attention materialises its `[B, H, L, S]` logits anyway
+    (the reference path), so a precomputed `[P, L, H, S]` bias costs no extra memory.
+    """
+    del num_heads, head_dim, materialized
+    return ctx
 
   def transform(self, mod: nn.Module, q_BxLxHxK: jax.Array, k_BxSxHxK: jax.Array,
                 q_ctx: PEContext, k_ctx: PEContext) -> tuple[jax.Array, jax.Array]:
@@ -174,7 +200,7 @@ class SeqPEHook(AttentionHook):
   pe_qk: str = 'single'          # 'single' | 'multi' | 'none'
   multi_head: bool = True        # PE_q/PE_k split over heads (else one head broadcast)
   scalar_scale: float = 1.0      # s in attn_scalar
-  scalar_form: str = 'concat'    # 'concat' | 'bias' (attn_scalar)
+  scalar_form: str = 'auto'      # 'auto' | 'concat' | 'bias' (attn_scalar, SCALAR_FORMS)
   init_std: float = 0.02         # per-layer pe_qk init
 
   def __post_init__(self):
@@ -182,11 +208,30 @@ class SeqPEHook(AttentionHook):
       raise ValueError(f'unknown SeqPE attention method {self.method!r}')
     if self.pe_qk not in ('single', 'multi', 'none'):
       raise ValueError(f'pe_qk must be single, multi or none, got {self.pe_qk!r}')
-    if self.scalar_form not in ('concat', 'bias'):
-      raise ValueError(f'scalar_form must be concat or bias, got {self.scalar_form!r}')
+    if self.scalar_form not in SCALAR_FORMS:
+      raise ValueError(f'scalar_form must be one of {", ".join(SCALAR_FORMS)}, '
+                       f'got {self.scalar_form!r}')
 
   def key_dim(self, head_dim):
     return 2 * head_dim if self.method == 'attn_scalar' else head_dim
+
+  def prepare(self, ctx, *, num_heads, head_dim, materialized):
+    """attn_scalar with a shared pe_qk: the layers' common bias, once (`auto`: when the
+    logits are materialised anyway; `bias`: always)."""
+    shared = (self.method == 'attn_scalar' and self.pe_qk != 'multi' and ctx.q_pe is not None
+              and (self.scalar_form == 'bias' or (self.scalar_form == 'auto' and materialized)))
+    if not shared:
+      return ctx
+
+    def bias(q_ctx):
+      q_pe = split_heads(q_ctx.q_pe, num_heads, head_dim, self.multi_head)
+      k_pe = split_heads(ctx.k_pe, num_heads, head_dim, self.multi_head)
+      b_PxHxLxS = scalar_bias(q_pe, k_pe, self.scalar_scale * head_dim**-0.5 * self.logit_mult)
+      return b_PxHxLxS.transpose(0, 2, 1, 3)
+    query = ctx.query
+    if query is not None:
+      query = query.replace(attn_bias=bias(query), q_pe=None, k_pe=None)
+    return ctx.replace(attn_bias=bias(ctx), q_pe=None, k_pe=None, query=query)
 
   def _split(self, mod, q_ctx, k_ctx, dh):
     """PE_q of the query rows and PE_k of the key rows, `[P, L|S, H', K]`."""
@@ -207,6 +252,8 @@ class SeqPEHook(AttentionHook):
             split_heads(k_pe, mod.num_heads, dh, self.multi_head))
 
   def transform(self, mod, q_BxLxHxK, k_BxSxHxK, q_ctx, k_ctx):
+    if k_ctx.attn_bias is not None:  # attn_scalar precomputed by `prepare`
+      return q_BxLxHxK, k_BxSxHxK
     b, dh = q_BxLxHxK.shape[0], q_BxLxHxK.shape[-1]
     q_pe, k_pe = self._split(mod, q_ctx, k_ctx, dh)
     q_pe, k_pe = tile_to_batch(q_pe, b), tile_to_batch(k_pe, b)
@@ -215,27 +262,23 @@ class SeqPEHook(AttentionHook):
       return q + q_pe.astype(q.dtype), k + k_pe.astype(k.dtype)
     if self.method == 'attn_mul':
       return q * q_pe.astype(q.dtype), k * k_pe.astype(k.dtype)
-    # attn_scalar: k~ = [k; PE_k] whatever the form (the cache stores it). The bias form keeps
-    # PE_q unscaled so that `scores` computes s PE_q·PE_k exactly as the explicit bias.
-    s = self.scalar_scale if self.scalar_form == 'concat' else 1.0
-    return concat_scalar(q, k, q_pe, k_pe, s)
+    # attn_scalar not shared by `prepare` (per-layer pe_qk, cached decoding, the concat form):
+    # q~ = [q; s PE_q], k~ = [k; PE_k] (the cache stores k~).
+    return concat_scalar(q, k, q_pe, k_pe, self.scalar_scale)
 
   def scores(self, mod, q_BxLxHxK, k_BxSxHxK, *, q_pos, k_pos, scale, causal, num_old):
-    official = self.official_cache_bias and num_old is not None
-    if self.method != 'attn_scalar' or (self.scalar_form == 'concat' and not official):
+    # q~·k~ (or ctx.attn_bias) carries the bias; only the official cache flaw needs it apart.
+    if self.method != 'attn_scalar' or not (self.official_cache_bias and num_old is not None):
       return q_BxLxHxK, k_BxSxHxK, None
     dh = q_BxLxHxK.shape[-1] // 2
-    q_pe = q_BxLxHxK[..., dh:].astype(jnp.float32)
+    q_pe = q_BxLxHxK[..., dh:].astype(jnp.float32)  # s PE_q (scaled in transform)
     k_pe = k_BxSxHxK[..., dh:].astype(jnp.float32)
-    if self.scalar_form == 'concat' and self.scalar_scale:  # PE_q was scaled by s in transform
-      q_pe = q_pe / self.scalar_scale
     dots = jnp.einsum('blhk,bshk->bhls', q_pe, k_pe)
-    if official:  # earlier keys see the query's own PE_k (its slot is num_old + l)
-      l, s = dots.shape[2], dots.shape[3]
-      own = jnp.take_along_axis(dots, (num_old + jnp.arange(l))[None, None, :, None], axis=-1)
-      dots = jnp.where(jnp.arange(s) < num_old, own, dots)
-    bias = self.scalar_scale * dots * scale
-    return q_BxLxHxK[..., :dh], k_BxSxHxK[..., :dh], bias
+    # Earlier keys see the query's own PE_k (its slot is num_old + l).
+    l, s = dots.shape[2], dots.shape[3]
+    own = jnp.take_along_axis(dots, (num_old + jnp.arange(l))[None, None, :, None], axis=-1)
+    dots = jnp.where(jnp.arange(s) < num_old, own, dots)
+    return q_BxLxHxK[..., :dh], k_BxSxHxK[..., :dh], dots * scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +394,9 @@ class PEAttention(nn.Module):
       mask = (slots_S[None, :] <= t + jnp.arange(l)[:, None])[None, None]  # [1, 1, L, S]
     q, k_all, bias = hook.scores(self, q, k_all, q_pos=q_pos, k_pos=k_pos, scale=scale,
                                  causal=self.causal, num_old=num_old)
+    if q_ctx.attn_bias is not None and cache is None:  # the layers' shared bias (`prepare`)
+      shared = q_ctx.attn_bias.transpose(0, 2, 1, 3)
+      bias = shared if bias is None else bias + shared
     if bias is not None and bias.shape[0] != 1:
       bias = tile_to_batch(bias, b)
     rate, rng = (self.dropout_rate, None) if cache is None else (0.0, None)  # decoding: eval

@@ -136,6 +136,12 @@ def causal_mask(q_len: int, k_len: int) -> jax.Array:
   return q_idx >= jnp.arange(k_len)[None, :]
 
 
+def materializes_logits(implementation: str, dropout_active: bool) -> bool:
+  """Whether `dot_product_attention` takes the reference path (explicit `[B, H, L, S]`
+  logits): asked for, or attention dropout active (the fused kernels have none)."""
+  return implementation == 'reference' or dropout_active
+
+
 def dot_product_attention(
     q_BxLxHxK: jax.Array,
     k_BxSxHxK: jax.Array,
@@ -168,7 +174,7 @@ def dot_product_attention(
     `[B, L, H, V]`.
   """
   dropout_active = dropout_rate > 0.0 and dropout_rng is not None
-  if implementation == 'reference' or dropout_active:
+  if materializes_logits(implementation, dropout_active):
     logits_BxHxLxS = jnp.einsum('blhk,bshk->bhls', q_BxLxHxK, k_BxSxHxK,
                                 preferred_element_type=jnp.float32) * scale
     if bias is not None:

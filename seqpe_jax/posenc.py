@@ -42,8 +42,8 @@ import jax.numpy as jnp
 
 from seqpe_jax import baselines, layers
 from seqpe_jax.errors import ConfigError
-from seqpe_jax.injection import (AlibiHook, AttentionHook, PEContext, RopeHook, RopeMixedHook,
-                                 SeqPEHook)
+from seqpe_jax.injection import (SCALAR_FORMS, AlibiHook, AttentionHook, PEContext, RopeHook,
+                                 RopeMixedHook, SeqPEHook)
 from seqpe_jax.seqpe import SeqPEEncoder
 
 Dtype = Any
@@ -52,6 +52,7 @@ Dtype = Any
 MODULE_NAME = 'posenc'
 SEQPE_GROUP = 'seqpe_encoder'  # optimizer group of the SeqPE encoder's parameters
 SEQPE_APPLY = ('input_add', 'attn_add', 'attn_mul', 'attn_scalar')
+SEQPE_QK = ('single', 'multi', 'none')
 
 _REGISTRY: dict[str, type['PEType']] = {}
 
@@ -110,7 +111,7 @@ class PEConfig:
   pe_qk: str = 'single'
   multi_head: bool = True
   scalar_scale: float = 1.0
-  scalar_form: str = 'concat'
+  scalar_form: str = 'auto'
   max_digits: int = 5
   width: int = 64
   heads: int = 2
@@ -122,6 +123,10 @@ class PEConfig:
   final_ln: bool = True
   temperature: float = 1.0
   mask_padding: bool = False
+  share_prefixes: bool = True
+  # Set by the task, not the config: training positions lie in [0, bound) per axis
+  # (`aux.max_position`); sizes SeqPE's prefix tree (0: no tree).
+  position_bound: int = 0
   # Baselines.
   learned_resize: str = 'linear'   # 'linear' | 'bicubic' (PyTorch's) | 'bicubic_jax' | 'none'
   sinusoidal_base: float = 10000.0
@@ -340,7 +345,9 @@ class SeqPEOptions:
   pe_qk: str = 'single'         # single (one shared projection) | multi (per layer) | none
   multi_head: bool = True       # split PE_q/PE_k over heads
   scalar_scale: float = 1.0     # s in attn_scalar
-  scalar_form: str = 'concat'   # concat ([q; sPE_q]·[k; PE_k], fused-kernel friendly) | bias
+  scalar_form: str = 'auto'     # attn_scalar: auto (bias where the logits are materialised,
+                                # concat for the fused kernels) | concat ([q; sPE_q]·[k; PE_k],
+                                # fused-kernel and KV-cache friendly) | bias (s PE_q·PE_k added)
   max_digits: int = 4           # digits per axis: positions < 10**max_digits
   width: int = 64               # encoder width (paper: 768 text, 384 vision)
   heads: int = 2                # encoder heads (paper: width / 64)
@@ -352,6 +359,9 @@ class SeqPEOptions:
   final_ln: bool = True         # final LayerNorm before out_proj
   temperature: float = 1.0      # output divided by it
   mask_padding: bool = False    # mask leading zeros as keys (off in the paper)
+  share_prefixes: bool = True   # training encodes each distinct digit prefix once (causal
+                                # encoder: same function; with encoder dropout, one mask per
+                                # prefix); False: one digit sequence per position (official)
 
 
 @register('seqpe')
@@ -367,6 +377,11 @@ class SeqPE(PEType):
   def validate(cls, pe, data_dim):
     if pe.apply not in SEQPE_APPLY:
       raise ConfigError(f'unknown pe.seqpe.apply {pe.apply!r}; one of {SEQPE_APPLY}')
+    if pe.scalar_form not in SCALAR_FORMS:
+      raise ConfigError(f'unknown pe.seqpe.scalar_form {pe.scalar_form!r}; one of '
+                        f'{SCALAR_FORMS}')
+    if pe.pe_qk not in SEQPE_QK:
+      raise ConfigError(f'unknown pe.seqpe.pe_qk {pe.pe_qk!r}; one of {SEQPE_QK}')
     if pe.width % pe.heads:
       raise ConfigError(f'pe.seqpe.width={pe.width} is not divisible by '
                         f'pe.seqpe.heads={pe.heads}')
@@ -390,7 +405,8 @@ class SeqPE(PEType):
         data_dim=enc.data_dim, max_digits=pe.max_digits, width=pe.width,
         num_heads=pe.heads, num_layers=pe.layers, out_dim=out_dim, causal=pe.causal,
         dropout_rate=pe.dropout, attn_dropout_rate=pe.attn_dropout, final_ln=pe.final_ln,
-        temperature=pe.temperature, mask_padding=pe.mask_padding, dtype=enc.dtype,
+        temperature=pe.temperature, mask_padding=pe.mask_padding,
+        share_prefixes=pe.share_prefixes, position_bound=pe.position_bound, dtype=enc.dtype,
         param_dtype=enc.param_dtype, name=SEQPE_GROUP)
     p, _, n = positions_PxLxn.shape
     interpolate = mode == 'interpolate' and grid_shape != tuple(enc.train_grid)

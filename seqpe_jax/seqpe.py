@@ -20,9 +20,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from seqpe_jax import layers, positions as pos_lib
+from seqpe_jax import layers, prefix_trie, positions as pos_lib
 from seqpe_jax.injection import PEContext
 from seqpe_jax.transformer import Block
 
@@ -46,6 +47,11 @@ class SeqPEEncoder(nn.Module):
     cls_only_last_layer: compute only the CLS row in the last block (same
       output, fewer FLOPs: the other rows are never read).
     base: the number base of the digit tokens.
+    share_prefixes: training calls (`deterministic=False`) run on the digit-prefix
+      tree (`prefix_trie.py`: each distinct prefix once, same function); needs
+      `position_bound`, a causal encoder without `mask_padding`.
+    position_bound: every coordinate of a training call lies in [0, bound) (the
+      tree's static sizes; `aux.max_position`); 0: no tree.
   """
 
   data_dim: int = 1
@@ -62,6 +68,8 @@ class SeqPEEncoder(nn.Module):
   mask_padding: bool = False
   cls_only_last_layer: bool = True
   base: int = 10
+  share_prefixes: bool = False
+  position_bound: int = 0
   init_std: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -80,22 +88,79 @@ class SeqPEEncoder(nn.Module):
     m = pos_Mxn.shape[0]
     pos_Mxn = _pad_to_batch_shards(pos_Mxn)
     digits_MxT = pos_lib.digitize(pos_Mxn, self.max_digits, self.base)
+    if self.uses_tree(deterministic):
+      h_MxD = self._tree_forward(digits_MxT, deterministic)
+    else:
+      h_MxD = self._plain_forward(pos_Mxn, digits_MxT, deterministic)
+    if self.final_ln:
+      h_MxD = layers.LayerNorm(1e-5, self.dtype, self.param_dtype, name='ln_f')(h_MxD)
+    out_MxE = nn.Dense(
+        self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=layers.partitioned(layers.normal(self.init_std), ('embed', 'pe_out')),
+        bias_init=layers.partitioned(nn.initializers.zeros, ('pe_out',)),
+        name='out_proj')(h_MxD)
+    if self.temperature != 1.0:
+      out_MxE = out_MxE / self.temperature
+    return out_MxE[:m].reshape(*batch_shape, self.out_dim)
+
+  def uses_tree(self, deterministic: bool) -> bool:
+    """Whether this call runs on the prefix tree (training calls, when it is exact)."""
+    return (self.share_prefixes and not deterministic and self.position_bound > 0
+            and self.causal and not self.mask_padding
+            and self.data_dim * self.max_digits <= prefix_trie.MAX_KEY_DIGITS)
+
+  def _embeddings(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(digit table [base, D], per-digit-slot vectors [T-1, D], CLS [D])`, compute dtype.
+
+    The per-slot vector is the digit-position embedding plus the axis embedding (n > 1).
+    """
     n_tok = self.data_dim * self.max_digits
     # The embedding tables are tiny (10 + k*n + n + 1 rows): replicated, never FSDP-sharded, so
     # the digit lookup stays local to the batch-sharded positions.
     init = layers.partitioned(layers.normal(self.init_std), (None, None))
-
-    tok_emb = self.param('token_embed', init, (self.base, self.width), self.param_dtype)
-    dpos_emb = self.param('digit_pos_embed', init, (n_tok, self.width), self.param_dtype)
-    x_MxTxD = jnp.take(jnp.asarray(tok_emb, self.dtype), digits_MxT, axis=0)
-    x_MxTxD = x_MxTxD + jnp.asarray(dpos_emb, self.dtype)[None]
+    tok = self.param('token_embed', init, (self.base, self.width), self.param_dtype)
+    dpos = self.param('digit_pos_embed', init, (n_tok, self.width), self.param_dtype)
+    axis = None
     if self.data_dim > 1:
-      axis_emb = self.param('axis_embed', init, (self.data_dim, self.width), self.param_dtype)
-      axis_ids_T = pos_lib.axis_ids(self.data_dim, self.max_digits)
-      x_MxTxD = x_MxTxD + jnp.asarray(axis_emb, self.dtype)[axis_ids_T][None]
+      axis = self.param('axis_embed', init, (self.data_dim, self.width), self.param_dtype)
+      axis = jnp.asarray(axis, self.dtype)[pos_lib.axis_ids(self.data_dim, self.max_digits)]
     cls = self.param('cls_embed', layers.partitioned(layers.normal(self.init_std), (None,)),
                      (self.width,), self.param_dtype)
-    cls_Mx1xD = jnp.broadcast_to(jnp.asarray(cls, self.dtype), (x_MxTxD.shape[0], 1, self.width))
+    dpos = jnp.asarray(dpos, self.dtype) + (0 if axis is None else axis)  # [T-1, D] per digit
+    return jnp.asarray(tok, self.dtype), dpos, jnp.asarray(cls, self.dtype)
+
+  def _tree_forward(self, digits_MxT: jax.Array, deterministic: bool) -> jax.Array:
+    """CLS states `[M, D]` from the digit-prefix tree (`prefix_trie.py`)."""
+    tok_emb, dpos_TxD, cls_D = self._embeddings()
+    groups = _batch_shards()  # one tree per batch shard: gathers stay inside the shard
+    m, t = digits_MxT.shape
+    q = m // groups
+    layout = prefix_trie.Layout(prefix_trie.depth_bounds(
+        q, self.data_dim, self.max_digits, (self.position_bound,) * self.data_dim, self.base),
+        q)
+    digits_RxQxT = layers.constrain(digits_MxT.reshape(groups, q, t), ('act_batch', None, None))
+    tree = jax.vmap(lambda d: prefix_trie.build_tree(d, layout, self.base))(digits_RxQxT)
+    depth_U = np.minimum(layout.depth_U, t - 1)[:layout.num_digit_rows]
+    x_digits = jnp.take(tok_emb, tree.tokens_U[:, :layout.num_digit_rows], axis=0) + dpos_TxD[
+        depth_U][None]
+    x_cls = jnp.broadcast_to(cls_D, (groups, q, self.width))
+    x_RxUxD = layers.constrain(jnp.concatenate([x_digits, x_cls], axis=1),
+                               ('act_batch', None, 'act_embed'))
+    for i in range(self.num_layers):
+      last = self.cls_only_last_layer and i == self.num_layers - 1
+      x_RxUxD = prefix_trie.TreeBlock(
+          self.num_heads, dropout_rate=self.dropout_rate,
+          attn_dropout_rate=self.attn_dropout_rate, last_query_only=last, num_queries=q,
+          dtype=self.dtype, param_dtype=self.param_dtype,
+          name=f'block_{i}')(x_RxUxD, tree, layout, deterministic)
+    return x_RxUxD[:, -q:].reshape(m, self.width)
+
+  def _plain_forward(self, pos_Mxn: jax.Array, digits_MxT: jax.Array,
+                     deterministic: bool) -> jax.Array:
+    """CLS states `[M, D]` from the `[M, T]` digit sequences."""
+    tok_emb, dpos_TxD, cls_D = self._embeddings()
+    x_MxTxD = jnp.take(tok_emb, digits_MxT, axis=0) + dpos_TxD[None]
+    cls_Mx1xD = jnp.broadcast_to(cls_D, (x_MxTxD.shape[0], 1, self.width))
     x_MxTxD = jnp.concatenate([x_MxTxD, cls_Mx1xD], axis=1)  # CLS last (T = n*k + 1)
     x_MxTxD = layers.constrain(x_MxTxD, ('act_batch', None, 'act_embed'))
 
@@ -111,17 +176,17 @@ class SeqPEEncoder(nn.Module):
           attn_dropout_rate=self.attn_dropout_rate, ln_eps=1e-5, last_query_only=last,
           dtype=self.dtype, param_dtype=self.param_dtype,
           name=f'block_{i}')(x_MxTxD, PEContext(), mask_Mx1xT, deterministic)
-    h_MxD = x_MxTxD[:, -1]
-    if self.final_ln:
-      h_MxD = layers.LayerNorm(1e-5, self.dtype, self.param_dtype, name='ln_f')(h_MxD)
-    out_MxE = nn.Dense(
-        self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=layers.partitioned(layers.normal(self.init_std), ('embed', 'pe_out')),
-        bias_init=layers.partitioned(nn.initializers.zeros, ('pe_out',)),
-        name='out_proj')(h_MxD)
-    if self.temperature != 1.0:
-      out_MxE = out_MxE / self.temperature
-    return out_MxE[:m].reshape(*batch_shape, self.out_dim)
+    return x_MxTxD[:, -1]
+
+
+def _batch_shards() -> int:
+  """The mesh's batch shards ('data' x 'fsdp'; 1 outside a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  shards = 1
+  for axis in ('data', 'fsdp'):
+    if not mesh.empty and axis in mesh.axis_names:
+      shards *= mesh.shape[axis]
+  return shards
 
 
 def _pad_to_batch_shards(pos_Mxn: jax.Array) -> jax.Array:
@@ -130,12 +195,7 @@ def _pad_to_batch_shards(pos_Mxn: jax.Array) -> jax.Array:
   The encoder's position batch is sharded over ('data', 'fsdp'); an uneven count would make
   XLA replicate and re-split it.
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  shards = 1
-  for axis in ('data', 'fsdp'):
-    if not mesh.empty and axis in mesh.axis_names:
-      shards *= mesh.shape[axis]
-  pad = -pos_Mxn.shape[0] % shards
+  pad = -pos_Mxn.shape[0] % _batch_shards()
   return jnp.pad(pos_Mxn, ((0, pad), (0, 0))) if pad else pos_Mxn
 
 

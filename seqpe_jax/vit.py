@@ -74,8 +74,9 @@ class ViT(nn.Module):
     block = block_class(c.remat)
     # timm: per-block rates linspace(0, drop_path, depth).
     rates = [c.drop_path * i / max(c.num_layers - 1, 1) for i in range(c.num_layers)]
+    self.injection = self.pe.injection()
     self.blocks = [
-        block(c.num_heads, injection=self.pe.injection(), causal=False, dropout_rate=c.dropout,
+        block(c.num_heads, injection=self.injection, causal=False, dropout_rate=c.dropout,
               attn_dropout_rate=c.attn_dropout, drop_path_rate=rates[i], ln_eps=c.ln_eps,
               mlp_ratio=c.mlp_ratio, gelu_approximate=c.gelu_approximate,
               attention_impl=c.attention_impl, dtype=dtype, name=f'block_{i}')
@@ -97,8 +98,8 @@ class ViT(nn.Module):
                pe: PEOutput | None = None, aux_positions_Mxn: jax.Array | None = None,
                mode: str = 'extend', deterministic: bool = True) -> tuple[jax.Array, PEOutput]:
     """Returns `(logits_BxY float32, pe)`; positions default to the image's patch grid."""
-    b = images_Bxhxwxc.shape[0]
-    gh, gw = patch_grid(images_Bxhxwxc.shape[1:3], self.cfg.patch_size)
+    b, c = images_Bxhxwxc.shape[0], self.cfg
+    gh, gw = patch_grid(images_Bxhxwxc.shape[1:3], c.patch_size)
     if pe is None:
       if positions_PxNx2 is None:
         positions_PxNx2 = grid_2d(gh, gw)[None]
@@ -112,7 +113,11 @@ class ViT(nn.Module):
       x_BxNxC = x_BxNxC + tile_to_batch(pe.ctx.input_embed, b).astype(x_BxNxC.dtype)
     x_BxNxC = layers.constrain(self.drop(x_BxNxC, deterministic),
                                ('act_batch', 'act_len', 'act_embed'))
+    ctx = self.injection.prepare(  # work the layers share
+        pe.ctx, num_heads=c.num_heads, head_dim=c.width // c.num_heads,
+        materialized=layers.materializes_logits(c.attention_impl,
+                                                c.attn_dropout > 0 and not deterministic))
     for block in self.blocks:
-      x_BxNxC = block(x_BxNxC, pe.ctx, None, deterministic)
+      x_BxNxC = block(x_BxNxC, ctx, None, deterministic)
     x_BxC = self.ln_f(x_BxNxC[:, 0])
     return self.head(x_BxC).astype(jnp.float32), pe

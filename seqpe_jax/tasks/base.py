@@ -79,6 +79,10 @@ class Task:
       raise ConfigError(f'model.width={c.width} is not divisible by model.num_heads={c.num_heads}')
     self.pe.validate(self.data_dim, self.pe_types)
     self.train_grid = self.training_grid(config)
+    # Every training position (main, shifted, auxiliary) lies below this per axis
+    # (`aux_settings` checks it covers the training grid): it sizes SeqPE's prefix tree.
+    self.pe = dataclasses.replace(self.pe, position_bound=max(int(config.aux.max_position),
+                                                              *self.train_grid))
     self.channels = channels
     self.model = self.build_model(config, vocab_size=vocab_size, num_classes=num_classes)
     t = config.train

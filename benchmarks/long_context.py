@@ -51,6 +51,8 @@ _MAX_TOKENS = flags.DEFINE_integer('max_tokens', None, 'Tokens scored per book (
                                    'quick: 2x the largest window).')
 _TASKS = flags.DEFINE_list('qa_tasks', ['qa1', 'qa2'], 'bAbI tasks.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Record seed (filler start, passkeys, fact spots).')
+_EVALS = flags.DEFINE_multi_enum('evals', ['books', 'passkey', 'qa'], ['books', 'passkey', 'qa'],
+                                 'Evaluations to run (repeat the flag for several).')
 
 
 def _depths(quick: bool) -> tuple:
@@ -91,30 +93,35 @@ def _evaluate_run(workdir: str, quick: bool, filler_cache: dict) -> dict[str, li
   tag = {'pe': pe, 'workdir': str(workdir), 'step': int(step)}
   out: dict[str, list[dict]] = {}
   print(f'[{pe}] {workdir} step {step}: train length {train_len}', flush=True)
+  evals = set(_EVALS.value)
+  out['books'], out['passkey'], out['qa'] = [], [], []
   with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.RULES):
-    t0 = time.time()
-    books = longctx_eval.read_books(_BOOKS.value, data_dir=data_dir, cache_dir=cache_dir,
-                                    max_books=max_books,
-                                    tfds_data_dir=config.data.get('tfds_data_dir') or None)
-    out['books'] = [{**tag, **r} for r in longctx_eval.book_bits(
-        task, params, tok, books, lengths=book_lengths, max_tokens=max_tokens, mesh=run.mesh)]
-    print(f'[{pe}] books {time.time() - t0:.0f}s', flush=True)
-    if 'filler' not in filler_cache:
+    if 'books' in evals:
+      t0 = time.time()
+      books = longctx_eval.read_books(_BOOKS.value, data_dir=data_dir, cache_dir=cache_dir,
+                                      max_books=max_books,
+                                      tfds_data_dir=config.data.get('tfds_data_dir') or None)
+      out['books'] = [{**tag, **r} for r in longctx_eval.book_bits(
+          task, params, tok, books, lengths=book_lengths, max_tokens=max_tokens, mesh=run.mesh)]
+      print(f'[{pe}] books {time.time() - t0:.0f}s', flush=True)
+    if 'qa' in evals and 'filler' not in filler_cache:
       filler_cache['filler'] = longctx.gutenberg_filler(data_dir=data_dir, cache_dir=cache_dir)
     decoders = [(pe, longctx_eval.make_greedy(task, params, decoder=_DECODER.value))]
     if _OFFICIAL.value and pe == 'seqpe':
       decoders.append((f'{pe} (official cache)', longctx_eval.make_greedy(
           task, params, decoder='cached', official_cache_bias=True)))
-    out['passkey'], out['qa'] = [], []
-    for name, greedy in decoders:
+    for name, greedy in decoders if evals & {'passkey', 'qa'} else ():
       t0 = time.time()
-      out['passkey'] += [{**tag, 'pe': name, **r} for r in longctx_eval.passkey_eval(
-          greedy, tok, lengths=lengths, depths=[d for d in depths if d is not None],
-          num_samples=samples, seed=_SEED.value)]
-      out['qa'] += [{**tag, 'pe': name, **r} for r in longctx_eval.babilong_eval(
-          greedy, tok, filler_cache['filler'], tasks=_TASKS.value, lengths=lengths,
-          depths=depths, num_samples=samples, seed=_SEED.value, data_dir=data_dir)]
-      print(f'[{name}] passkey + qa {time.time() - t0:.0f}s', flush=True)
+      if 'passkey' in evals:
+        out['passkey'] += [{**tag, 'pe': name, **r} for r in longctx_eval.passkey_eval(
+            greedy, tok, lengths=lengths, depths=[d for d in depths if d is not None],
+            num_samples=samples, seed=_SEED.value)]
+      if 'qa' in evals:
+        out['qa'] += [{**tag, 'pe': name, **r} for r in longctx_eval.babilong_eval(
+            greedy, tok, filler_cache['filler'], tasks=_TASKS.value, lengths=lengths,
+            depths=depths, num_samples=samples, seed=_SEED.value, data_dir=data_dir)]
+      print(f'[{name}] {"+".join(sorted(evals - {"books"}))} {time.time() - t0:.0f}s',
+            flush=True)
   out['train_length'] = train_len  # type: ignore[assignment]
   return out
 
@@ -148,13 +155,16 @@ def main(argv) -> None:
               'BABILong-style QA label match (%, BABILong rule)')]
     parts = [f'# Long-context evaluation\n\n`{command}`\n']
     for name, metric, r, title in specs:
+      if not r:  # not among --evals
+        continue
       longctx_eval.write_report(output / name, r, metric=metric, train_length=train_len,
                                 title=title, meta=meta,
                                 vrange=None if metric == 'bpc' else (0.0, 100.0))
       parts.append((output / f'{name}.md').read_text())
-    parts.insert(2, longctx_eval.markdown_tables(rows['books'], metric='bpb',
-                                                 train_length=train_len,
-                                                 title='Book bits per byte'))
+      if name == 'books':
+        parts.append(longctx_eval.markdown_tables(rows['books'], metric='bpb',
+                                                  train_length=train_len,
+                                                  title='Book bits per byte'))
     (output / 'summary.md').write_text('\n'.join(parts))
     print('\n'.join(parts))
   except UserError as e:

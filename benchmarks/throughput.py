@@ -190,6 +190,12 @@ def define_flags(fv: flags.FlagValues) -> None:
                      '989; 0: skip).', flag_values=fv)
   flags.DEFINE_string('output', str(REPO / 'benchmarks/results/throughput.json'),
                       'JSON output (the markdown table goes beside it, .md).', flag_values=fv)
+  flags.DEFINE_string('trace_dir', '', 'After timing, record a jax.profiler trace of '
+                      '--trace_steps train steps of each --trace_variants variant under '
+                      '<trace_dir>/<variant>/ (read it with benchmarks/trace_summary.py).',
+                      flag_values=fv)
+  flags.DEFINE_list('trace_variants', [], 'Variants to trace (default: all).', flag_values=fv)
+  flags.DEFINE_integer('trace_steps', 2, 'Train steps per trace.', flag_values=fv)
 
 
 # ---------------------------------------------------------------------------- config
@@ -370,6 +376,22 @@ def build(name: str, base: ml_collections.ConfigDict, mesh, warmup: int) -> Vari
          'shift_sets': task.aux.shift_sets, 'shift_rate': task.aux.shift_rate,
          'flops_per_token': model_flops_per_token(task, state.params)}
   return Variant(name, config, task, state, compiled, row, batch=batch, rng=rng)
+
+
+def trace_steps(v: Variant, path: pathlib.Path, steps: int) -> None:
+  """A jax.profiler trace of `steps` train steps of one variant (after its timing) and the
+  compiled step's HLO text beside it (trace_summary.py maps ops to model paths with it)."""
+  path.mkdir(parents=True, exist_ok=True)
+  (path / 'train_step.hlo.txt').write_text(v.step.as_text())
+  with jax.profiler.trace(str(path)):
+    for _ in range(steps):
+      v.state, _ = v.step(v.state, v.batch, v.rng)
+    jax.block_until_ready(v.state)
+
+
+def _dir_name(variant: str) -> str:
+  """A file-system-safe name of a variant string."""
+  return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in variant)
 
 
 def _subset(variants: list[Variant], names: Sequence[str]) -> list[Variant]:
@@ -609,7 +631,7 @@ def main(argv: Sequence[str]) -> dict:
   eval_batch = int(math.ceil(eval_batch / dp) * dp)
   steps, repeats = fv.steps or prof.steps, fv.repeats or prof.repeats
   names = list(fv.variants or prof.variants)
-  for flag in ('eval_variants', 'decode_variants'):
+  for flag in ('eval_variants', 'decode_variants', 'trace_variants'):
     unknown = [n for n in getattr(fv, flag) if n not in names]
     if unknown:
       raise ValueError(f'--{flag}: {unknown} are not among the variants {names}')
@@ -633,6 +655,9 @@ def main(argv: Sequence[str]) -> dict:
         time_round(v, steps)
       print(f'  round {r + 1}/{repeats}: ' + ', '.join(
           f'{v.name} {v.ms_rounds[-1]:.1f}' for v in variants) + ' ms/step', flush=True)
+    if fv.trace_dir:
+      for v in _subset(variants, fv.trace_variants):
+        trace_steps(v, pathlib.Path(fv.trace_dir) / _dir_name(v.name), fv.trace_steps)
 
     if fv.eval:
       timed = _subset(variants, fv.eval_variants)

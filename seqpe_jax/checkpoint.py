@@ -44,6 +44,9 @@ from seqpe_jax.errors import CheckpointError, CheckpointWriteError, one_line
 # Config fields that must match to resume (others, e.g. steps or LR, may change).
 STRUCTURAL = ('task', 'model', 'pe', 'train.seq_len', 'train.image_size', 'data.tokenizer',
               'data.vocab_size', 'data.name', 'data.bpe_vocab', 'data.bpe_merges')
+# Inside STRUCTURAL, fields that choose how the same function is computed (no parameter and
+# no result depends on them): a run may resume with another value, or from before they existed.
+LAYOUT_ONLY = ('pe.seqpe.scalar_form', 'pe.seqpe.share_prefixes')
 MANIFEST = 'seqpe_manifest.json'
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 CORRUPT_DIR = 'corrupt_checkpoints'
@@ -350,7 +353,7 @@ def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigD
 
 def _first_diff(old: Any, new: Any, key: str) -> str | None:
   """The dotted path of the first (deepest) differing field, or None if equal."""
-  if old == new:
+  if old == new or key in LAYOUT_ONLY:
     return None
   if old is None and new is not None and not isinstance(new, dict) and not new:
     return None  # a field added to the configs after that run, here at its 'off' value

@@ -143,12 +143,13 @@ def _decoder(cfg: GPTConfig, pe_cfg: PEConfig, train_len: int, official: bool, p
     pe = model.apply(variables, positions_1xS, method=model.encode_positions)  # once
     if use_cache:
       logits_BxLxV, carry = model.apply(variables, prompt_BxL, _rows(pe, 0, p),
-                                        init_cache(model, b, total), method=model.extend)
+                                        init_cache(model, b, total, shared_bias=True), pe,
+                                        method=model.extend)
       first_BxV = logits_BxLxV[:, -1]
 
       def step(caches, tok_B, i):  # token i sits at position p + i
         logits_Bx1xV, caches = model.apply(variables, tok_B[:, None], _rows(pe, p + i, 1),
-                                           caches, method=model.extend)
+                                           caches, pe, method=model.extend)
         return caches, logits_Bx1xV[:, 0]
     else:
       carry = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt_BxL)

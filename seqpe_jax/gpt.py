@@ -114,18 +114,34 @@ class GPT(nn.Module):
       x_BxLxC = block(x_BxLxC, ctx, mask_BxLxL, deterministic)
     return self._logits(x_BxLxC), pe
 
-  def extend(self, tokens_BxL: jax.Array, pe: PEOutput, caches: tuple[KVCache, ...]
-             ) -> tuple[jax.Array, tuple[KVCache, ...]]:
+  def extend(self, tokens_BxL: jax.Array, pe: PEOutput, caches: tuple[KVCache, ...],
+             key_pe: PEOutput | None = None) -> tuple[jax.Array, tuple[KVCache, ...]]:
     """Cached decoding: logits of L new tokens after the cached ones, and the updated caches.
 
     `pe` holds the PE rows of the new tokens' positions only (slice them from one
     `encode_positions` of the whole generation length); `caches` has one `KVCache`
-    per layer (`init_cache`). Deterministic (no dropout).
+    per layer (`init_cache`). `key_pe`, the PE of every cache slot's position (that whole
+    encoding), lets the hook share work across layers (`AttentionHook.prepare`: SeqPE's
+    attn_scalar bias, for caches made with `init_cache(..., shared_bias=True)`).
+    Deterministic (no dropout).
     """
+    c = self.cfg
+    dh = c.width // c.num_heads
+    shared = key_pe is not None and self.injection.shares_bias(c.attention_impl == 'reference')
+    want = dh if shared else self.injection.key_dim(dh)
+    if caches[0].k.shape[-1] != want:
+      raise ValueError(f'the caches hold keys of width {caches[0].k.shape[-1]}, this call needs '
+                       f'{want}: make them with init_cache(..., shared_bias={shared}) '
+                       '(shared_bias=True goes with key_pe)')
     x_BxLxC = self._embed(self.tok_embed(tokens_BxL), pe, True)
+    ctx = pe.ctx
+    if key_pe is not None:
+      ctx = self.injection.prepare(ctx, num_heads=c.num_heads, head_dim=dh,
+                                   materialized=c.attention_impl == 'reference',
+                                   key_ctx=key_pe.ctx, num_old=caches[0].length)
     new = []
     for block, cache in zip(self.blocks, caches):
-      x_BxLxC, cache = block(x_BxLxC, pe.ctx, None, True, cache=cache)
+      x_BxLxC, cache = block(x_BxLxC, ctx, None, True, cache=cache)
       new.append(cache)
     return self._logits(x_BxLxC), tuple(new)
 
@@ -146,10 +162,18 @@ class GPT(nn.Module):
                             ('act_batch', 'act_len', 'act_vocab'))
 
 
-def init_cache(model: GPT, batch: int, max_len: int) -> tuple[KVCache, ...]:
-  """Empty per-layer decoding caches of `max_len` slots for `GPT.extend`."""
+def init_cache(model: GPT, batch: int, max_len: int, shared_bias: bool = False
+               ) -> tuple[KVCache, ...]:
+  """Empty per-layer decoding caches of `max_len` slots for `GPT.extend`.
+
+  `shared_bias`: `extend` will get `key_pe` (the PE of all `max_len` slots), so a hook that
+  shares its bias across layers caches plain keys.
+  """
   c = model.cfg
   dh = c.width // c.num_heads
-  k_dim = model.pe.injection().key_dim(dh)  # keys as attention sees them (attn_scalar: [k; PE_k])
+  hook = model.pe.injection()
+  # Keys as attention sees them (attn_scalar without a shared bias: [k; PE_k]).
+  k_dim = dh if shared_bias and hook.shares_bias(c.attention_impl == 'reference') else (
+      hook.key_dim(dh))
   return tuple(KVCache.empty(batch, max_len, c.num_heads, k_dim, dh, dtype_of(c.dtype))
                for _ in range(c.num_layers))

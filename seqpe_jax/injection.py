@@ -163,14 +163,25 @@ class AttentionHook:
     """Width of a key as attention sees it (what the KV cache stores)."""
     return head_dim
 
-  def prepare(self, ctx: PEContext, *, num_heads: int, head_dim: int,
-              materialized: bool) -> PEContext:
-    """Per-forward work shared by every layer (uncached passes; default: none).
+  def shares_bias(self, materialized: bool) -> bool:
+    """Whether `prepare` puts the layers' shared logits bias in `ctx.attn_bias` (then keys
+    are cached as they are, `key_dim` does not apply)."""
+    del materialized
+    return False
+
+  def prepare(self, ctx: PEContext, *, num_heads: int, head_dim: int, materialized: bool,
+              key_ctx: PEContext | None = None,
+              num_old: jax.Array | None = None) -> PEContext:
+    """Per-forward work shared by every layer (default: none), before the layers run.
 
     `materialized`: this pass's attention materialises its `[B, H, L, S]` logits anyway
     (the reference path), so a precomputed `[P, L, H, S]` bias costs no extra memory.
+    Cached decoding passes `key_ctx`, the context rows of every cache slot (positions
+    0..S-1), and `num_old`, the slots filled by earlier calls; `ctx` is the new rows.
+    Where a hook shares a bias this way, `PEAttention` adds it to every layer's logits and
+    calls the hook's `scores` as for an uncached pass (`num_old=None`).
     """
-    del num_heads, head_dim, materialized
+    del num_heads, head_dim, materialized, key_ctx, num_old
     return ctx
 
   def transform(self, mod: nn.Module, q_BxLxHxK: jax.Array, k_BxSxHxK: jax.Array,
@@ -215,18 +226,28 @@ class SeqPEHook(AttentionHook):
   def key_dim(self, head_dim):
     return 2 * head_dim if self.method == 'attn_scalar' else head_dim
 
-  def prepare(self, ctx, *, num_heads, head_dim, materialized):
+  def shares_bias(self, materialized):
+    return (self.method == 'attn_scalar' and self.pe_qk != 'multi'
+            and (self.scalar_form == 'bias' or (self.scalar_form == 'auto' and materialized)))
+
+  def prepare(self, ctx, *, num_heads, head_dim, materialized, key_ctx=None, num_old=None):
     """attn_scalar with a shared pe_qk: the layers' common bias, once (`auto`: when the
-    logits are materialised anyway; `bias`: always)."""
-    shared = (self.method == 'attn_scalar' and self.pe_qk != 'multi' and ctx.q_pe is not None
-              and (self.scalar_form == 'bias' or (self.scalar_form == 'auto' and materialized)))
-    if not shared:
+    logits are materialised anyway; `bias`: always). Decoding: the new rows against every
+    cache slot's PE_k, so the cache holds plain keys (the official flaw: earlier slots see
+    the query's own PE_k)."""
+    if not self.shares_bias(materialized) or ctx.q_pe is None:
       return ctx
+    keys = ctx if key_ctx is None else key_ctx
+    scale = self.scalar_scale * head_dim**-0.5 * self.logit_mult
 
     def bias(q_ctx):
       q_pe = split_heads(q_ctx.q_pe, num_heads, head_dim, self.multi_head)
-      k_pe = split_heads(ctx.k_pe, num_heads, head_dim, self.multi_head)
-      b_PxHxLxS = scalar_bias(q_pe, k_pe, self.scalar_scale * head_dim**-0.5 * self.logit_mult)
+      k_pe = split_heads(keys.k_pe, num_heads, head_dim, self.multi_head)
+      b_PxHxLxS = scalar_bias(q_pe, k_pe, scale)
+      if self.official_cache_bias and num_old is not None:  # slot num_old + l: the query's own
+        l, s = b_PxHxLxS.shape[2], b_PxHxLxS.shape[3]
+        own = jnp.take_along_axis(b_PxHxLxS, (num_old + jnp.arange(l))[None, None, :, None], -1)
+        b_PxHxLxS = jnp.where(jnp.arange(s) < num_old, own, b_PxHxLxS)
       return b_PxHxLxS.transpose(0, 2, 1, 3)
     query = ctx.query
     if query is not None:
@@ -392,10 +413,12 @@ class PEAttention(nn.Module):
       k_all, v_all, k_pos, num_old = cache.k, cache.v, cache.pos, t
       slots_S = jnp.arange(cache.k.shape[1])
       mask = (slots_S[None, :] <= t + jnp.arange(l)[:, None])[None, None]  # [1, 1, L, S]
+    shared = q_ctx.attn_bias  # the layers' shared bias (`AttentionHook.prepare`)
     q, k_all, bias = hook.scores(self, q, k_all, q_pos=q_pos, k_pos=k_pos, scale=scale,
-                                 causal=self.causal, num_old=num_old)
-    if q_ctx.attn_bias is not None and cache is None:  # the layers' shared bias (`prepare`)
-      shared = q_ctx.attn_bias.transpose(0, 2, 1, 3)
+                                 causal=self.causal, num_old=None if shared is not None
+                                 else num_old)
+    if shared is not None:
+      shared = shared.transpose(0, 2, 1, 3)
       bias = shared if bias is None else bias + shared
     if bias is not None and bias.shape[0] != 1:
       bias = tile_to_batch(bias, b)

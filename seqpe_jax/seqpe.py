@@ -141,8 +141,8 @@ class SeqPEEncoder(nn.Module):
     digits_RxQxT = layers.constrain(digits_MxT.reshape(groups, q, t), ('act_batch', None, None))
     tree = jax.vmap(lambda d: prefix_trie.build_tree(d, layout, self.base))(digits_RxQxT)
     depth_U = np.minimum(layout.depth_U, t - 1)[:layout.num_digit_rows]
-    x_digits = jnp.take(tok_emb, tree.tokens_U[:, :layout.num_digit_rows], axis=0) + dpos_TxD[
-        depth_U][None]
+    x_digits = _lookup(tok_emb, tree.tokens_U[:, :layout.num_digit_rows]) + _lookup(
+        dpos_TxD, depth_U)[None]
     x_cls = jnp.broadcast_to(cls_D, (groups, q, self.width))
     x_RxUxD = layers.constrain(jnp.concatenate([x_digits, x_cls], axis=1),
                                ('act_batch', None, 'act_embed'))
@@ -159,7 +159,7 @@ class SeqPEEncoder(nn.Module):
                      deterministic: bool) -> jax.Array:
     """CLS states `[M, D]` from the `[M, T]` digit sequences."""
     tok_emb, dpos_TxD, cls_D = self._embeddings()
-    x_MxTxD = jnp.take(tok_emb, digits_MxT, axis=0) + dpos_TxD[None]
+    x_MxTxD = _lookup(tok_emb, digits_MxT) + dpos_TxD[None]
     cls_Mx1xD = jnp.broadcast_to(cls_D, (x_MxTxD.shape[0], 1, self.width))
     x_MxTxD = jnp.concatenate([x_MxTxD, cls_Mx1xD], axis=1)  # CLS last (T = n*k + 1)
     x_MxTxD = layers.constrain(x_MxTxD, ('act_batch', None, 'act_embed'))
@@ -177,6 +177,13 @@ class SeqPEEncoder(nn.Module):
           dtype=self.dtype, param_dtype=self.param_dtype,
           name=f'block_{i}')(x_MxTxD, PEContext(), mask_Mx1xT, deterministic)
     return x_MxTxD[:, -1]
+
+
+def _lookup(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
+  """`table[ids]` as a one-hot product: the tables have 10 or n*k rows, and a gather's
+  gradient would be thousands of scatter-adds into those few rows."""
+  onehot = jax.nn.one_hot(ids, table_VxD.shape[0], dtype=table_VxD.dtype)
+  return jnp.einsum('...v,vd->...d', onehot, table_VxD)
 
 
 def _batch_shards() -> int:

@@ -197,6 +197,17 @@ class CompatibilityTest(absltest.TestCase):
     with self.assertRaisesRegex(CheckpointError, 'model.drop_path differs: saved None, now 0.1'):
       checkpoint.check_compatible(workdir, config, True)
 
+  def test_layout_only_fields_may_change_or_be_new(self):
+    # A run recorded before the prefix tree and the shared attn_scalar bias resumes with them.
+    old = smoke.get_config()
+    old.pe.seqpe.scalar_form = 'concat'
+    del old.pe.seqpe['share_prefixes']
+    workdir = self._workdir(old)
+    checkpoint.check_compatible(workdir, smoke.get_config(), True)
+    config = smoke.get_config()
+    config.pe.seqpe.share_prefixes = False
+    checkpoint.check_compatible(workdir, config, True)
+
   def test_unreadable_config_json_is_refused(self):
     workdir = self._workdir(smoke.get_config())
     (workdir / 'config.json').write_text('{"task": ')

@@ -27,7 +27,8 @@ from tests.testutil import TmpDirTestCase
 TRAIN_LEN, P, N, V = 16, 10, 20, 40  # decoding runs to position 29, past the training length
 
 VARIANTS = {
-    'seqpe_attn_scalar_concat': dict(type='seqpe'),
+    'seqpe_attn_scalar_auto': dict(type='seqpe'),  # reference attention: the shared bias
+    'seqpe_attn_scalar_concat': dict(type='seqpe', scalar_form='concat'),
     'seqpe_attn_scalar_bias': dict(type='seqpe', scalar_form='bias'),
     'seqpe_attn_scalar_single_head': dict(type='seqpe', multi_head=False),
     'seqpe_attn_scalar_per_layer_pe_qk': dict(type='seqpe', pe_qk='multi'),
@@ -50,7 +51,8 @@ VARIANTS = {
     'seqpe_attn_scalar_xla_attention': dict(type='seqpe', attention_impl='xla'),
 }
 # Where the official flag must change cached decoding (and where it must not).
-OFFICIAL_CHANGES = ('seqpe_attn_scalar_concat', 'seqpe_attn_scalar_bias', 'alibi')
+OFFICIAL_CHANGES = ('seqpe_attn_scalar_auto', 'seqpe_attn_scalar_concat',
+                    'seqpe_attn_scalar_bias', 'alibi')
 OFFICIAL_SAME = ('rope', 'seqpe_attn_mul')
 
 
@@ -121,6 +123,22 @@ class ExtendTest(chex.TestCase):
     np.testing.assert_allclose(jnp.concatenate([a, b], 1), full, atol=1e-5, rtol=0)
     self.assertEqual(int(caches[0].length), 12)
     np.testing.assert_array_equal(caches[0].pos[0, :12], np.arange(12))
+
+  def test_shared_bias_caches_plain_keys_and_decodes_alike(self):
+    model = _model(type='seqpe')
+    params = _params(model)
+    tokens = _prompt(p=12)
+    pe = model.apply(params, jnp.arange(16)[None], method=model.encode_positions)
+    rows = lambda a, n: gen._rows(pe, a, n)
+    full, _ = model.apply(params, tokens, pe=rows(0, 12))
+    caches = init_cache(model, 2, 16, shared_bias=True)
+    self.assertEqual(caches[0].k.shape[-1], 8)  # [k] only, not [k; PE_k]
+    a, caches = model.apply(params, tokens[:, :7], rows(0, 7), caches, pe, method=model.extend)
+    b, _ = model.apply(params, tokens[:, 7:], rows(7, 5), caches, pe, method=model.extend)
+    np.testing.assert_allclose(jnp.concatenate([a, b], 1), full, atol=1e-5, rtol=0)
+    with self.assertRaisesRegex(ValueError, 'shared_bias=True goes with key_pe'):
+      model.apply(params, tokens, rows(0, 12), init_cache(model, 2, 16), pe,
+                  method=model.extend)
 
 
   def test_remat_model_decodes_alike(self):

@@ -117,6 +117,40 @@ class GPTTest(chex.TestCase, parameterized.TestCase):
     loss = lambda m: lambda p: m.apply(p, tokens)[0].sum()
     chex.assert_trees_all_close(jax.grad(loss(a))(params), jax.grad(loss(b))(params), atol=1e-5)
 
+  @parameterized.parameters(('reference', 1), ('reference', 2), ('xla', 1))
+  def test_attn_scalar_forms_are_one_function(self, impl, sets):
+    """bias (once per forward, shared by the layers), concat and auto: same logits and grads,
+    for one position set and for P = 2 sets tiled over the batch."""
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (4, L), 0, V)
+    positions = jnp.stack([jnp.arange(L) + 7 * i for i in range(sets)])
+    models = {f: GPT(GPTConfig(vocab_size=V, num_layers=2, width=32, num_heads=4,
+                               attention_impl=impl),
+                     PEConfig(width=16, heads=2, max_digits=3, dropout=0.0, scalar_form=f,
+                              scalar_scale=0.7), train_len=L)
+              for f in ('concat', 'bias', 'auto')}
+    params = models['concat'].init(jax.random.PRNGKey(1), tokens)
+    loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, tokens, positions)[0]))
+    ref = jax.grad(loss(models['concat']))(params)
+    for form in ('bias', 'auto'):
+      np.testing.assert_allclose(models[form].apply(params, tokens, positions)[0],
+                                 models['concat'].apply(params, tokens, positions)[0], atol=2e-5)
+      chex.assert_trees_all_close(jax.grad(loss(models[form]))(params), ref, atol=2e-5)
+
+  def test_prepare_shares_the_bias_only_where_logits_are_materialised(self):
+    hook = PEConfig(type='seqpe', scalar_form='auto').injection()
+    ctx = _model(type='seqpe').apply(
+        _model(type='seqpe').init(jax.random.PRNGKey(0), jnp.zeros((1, L), jnp.int32)),
+        jnp.arange(L)[None], method=GPT.encode_positions).ctx
+    shared = hook.prepare(ctx, num_heads=4, head_dim=8, materialized=True)
+    chex.assert_shape(shared.attn_bias, (1, L, 4, L))
+    self.assertIsNone(shared.q_pe)  # the layers need nothing else
+    self.assertIs(hook.prepare(ctx, num_heads=4, head_dim=8, materialized=False), ctx)
+    concat = PEConfig(type='seqpe', scalar_form='concat').injection()
+    self.assertIs(concat.prepare(ctx, num_heads=4, head_dim=8, materialized=True), ctx)
+    forced = PEConfig(type='seqpe', scalar_form='bias').injection()
+    self.assertIsNotNone(forced.prepare(ctx, num_heads=4, head_dim=8,
+                                        materialized=False).attn_bias)
+
   def test_presets(self):
     self.assertEqual(GPT_PRESETS['gpt2_small']['width'], 768)
     self.assertEqual(GPT_PRESETS['gpt2_small']['num_layers'], 12)

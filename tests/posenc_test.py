@@ -53,6 +53,10 @@ class RegistryTest(chex.TestCase, parameterized.TestCase):
       PEConfig(type='seqpe', width=30, heads=4).validate(1)
     with pytest.raises(ConfigError, match='unknown pe.seqpe.apply'):
       PEConfig(type='seqpe', apply='attn_div').validate(1)
+    with pytest.raises(ConfigError, match="unknown pe.seqpe.scalar_form 'fused'"):
+      PEConfig(type='seqpe', scalar_form='fused').validate(1)
+    with pytest.raises(ConfigError, match="unknown pe.seqpe.pe_qk 'shared'"):
+      PEConfig(type='seqpe', pe_qk='shared').validate(1)
     with pytest.raises(ConfigError, match='sincos2d'):
       PEConfig(type='sincos2d').validate(1, posenc.LM_PE_TYPES)
 

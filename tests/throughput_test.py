@@ -68,6 +68,24 @@ class ThroughputTest(absltest.TestCase):
     else:
       self.assertEqual(rows['rope']['decode_ratio_rope'], 1.0)
 
+  def test_subsets_and_trace(self):
+    trace = self.tmp / 'trace'
+    res = self.run_bench('--variants=seqpe-plain,rope+model.remat=True+aux.window=8',
+                         '--eval_variants=seqpe-plain', '--nodecode', f'--trace_dir={trace}',
+                         '--trace_variants=seqpe-plain', '--trace_steps=1')
+    plain, rope = res['rows']
+    self.assertEqual(plain['overrides'], {'pe.seqpe.share_prefixes': False,
+                                          'pe.seqpe.scalar_form': 'concat'})
+    self.assertGreater(plain['eval_ms_1x'], 0)
+    self.assertIsNone(rope['eval_ms_1x'])  # not among --eval_variants
+    self.assertEqual(rope['overrides'], {'model.remat': True, 'aux.window': 8})
+    self.assertEqual([p.name for p in trace.iterdir()], ['seqpe-plain'])
+    self.assertIn('HloModule', (trace / 'seqpe-plain/train_step.hlo.txt').read_text())
+    self.assertTrue(list((trace / 'seqpe-plain').glob('**/*.xplane.pb')))
+    with self.assertRaisesRegex(ValueError, 'eval_variants'):
+      bench.main(['throughput.py', '--config=configs/smoke.py', '--variants=rope',
+                  '--eval_variants=seqpe'])
+
   def test_batch_3_gives_shift_sets_1(self):
     res = self.run_bench('--variants=seqpe-shift1', '--batch=3', '--noeval', '--nodecode')
     (row,) = res['rows']
@@ -82,8 +100,10 @@ class ThroughputTest(absltest.TestCase):
     self.assertEqual(bench.parse_variant('seqpe-noaux'),
                      ('seqpe', '', {'aux.contrastive_weight': 0.0, 'aux.ood_weight': 0.0,
                                     'aux.shift_rate': 0.0}))
-    self.assertEqual(bench.parse_variant('rope:fused+model.remat=True,aux.window=8'),
-                     ('rope', 'fused', {'model.remat': True, 'aux.window': 8}))
+    for spec in ('rope:fused+model.remat=True,aux.window=8',
+                 'rope:fused+model.remat=True+aux.window=8'):
+      self.assertEqual(bench.parse_variant(spec),
+                       ('rope', 'fused', {'model.remat': True, 'aux.window': 8}))
     config = bench.load_config('configs/smoke.py')
     config.aux.update(shift_sets=4, counts_per_device=True)
     self.assertEqual(bench.fit_batch(config, 12, 2), ['aux.shift_sets 4 -> 2 (gcd with the '

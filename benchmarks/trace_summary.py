@@ -1,0 +1,102 @@
+r"""Where a traced train step spends its time: XLA op time grouped by model path.
+
+Reads the traces `throughput.py --trace_dir=DIR` writes (`DIR/<variant>/` holds a
+jax.profiler trace of a few train steps and the compiled step's HLO text), maps every
+executed op to the `op_name` metadata of its HLO instruction (the Flax module path and the
+JAX primitive), strips the transformation wrappers (jvp / transpose / vmap / checkpoint / the
+shift `cond` branches), and prints, per variant, the total op time per step and the largest
+groups, forward and backward apart, with their op counts (on an accelerator each op is at
+least one kernel launch, so the counts matter where the step is short):
+
+  python benchmarks/trace_summary.py DIR [--depth=4] [--top=30] [--output=summary.md]
+
+Needs `xprof` (`pip install xprof`; not a dependency of the package: only this reader
+uses it). Runs on any machine: the trace of an accelerator run is read offline.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import re
+import sys
+from typing import Sequence
+
+from absl import flags
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer('depth', 4, 'Path components kept per group.', flag_values=FLAGS)
+flags.DEFINE_integer('top', 30, 'Groups listed per variant.', flag_values=FLAGS)
+flags.DEFINE_string('output', '', 'Also write the tables here (markdown).', flag_values=FLAGS)
+
+_WRAPPERS = re.compile(r'(jvp|transpose|vmap|checkpoint|remat|pjit|jit)\(')
+_SKIP = {'cond', 'branch_0_fun', 'branch_1_fun', 'checkpoint', 'rematted_computation',
+         'train_step'}
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+  """HLO instruction name -> its `op_name` metadata."""
+  out = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"', line)
+    if m:
+      out.setdefault(m.group(1), m.group(2))
+  return out
+
+
+def group_of(op_name: str, depth: int) -> str:
+  """`fwd|bwd <path>`: the op's model path without transformation wrappers."""
+  direction = 'bwd' if 'transpose(' in op_name else 'fwd'
+  parts = [p for p in _WRAPPERS.sub('', op_name).replace(')', '').split('/')
+           if p and p not in _SKIP]
+  return f'{direction} ' + ('/'.join(parts[:depth]) or '?')
+
+
+def summarize(variant_dir: pathlib.Path, depth: int) -> tuple[float, int, list]:
+  """(op ms per step, ops per step, [(group, ms per step, ops per step)]) of one trace."""
+  from xprof.convert import raw_to_tool_data  # pylint: disable=g-import-not-at-top
+  planes = sorted(variant_dir.glob('**/*.xplane.pb'))
+  if not planes:
+    raise FileNotFoundError(f'no *.xplane.pb under {variant_dir}')
+  hlo = variant_dir / 'train_step.hlo.txt'
+  names = op_names(hlo.read_text()) if hlo.exists() else {}
+  data, _ = raw_to_tool_data.xspace_to_tool_data([str(planes[-1])], 'trace_viewer', {})
+  events = json.loads(data).get('traceEvents', [])
+  ms, count = collections.Counter(), collections.Counter()
+  steps = set()
+  for e in events:
+    args = e.get('args') or {}
+    if e.get('ph') != 'X' or 'hlo_op' not in args or 'train_step' not in args.get(
+        'hlo_module', ''):
+      continue
+    steps.add(args.get('run_id'))
+    g = group_of(names.get(args['hlo_op'], '?'), depth)
+    ms[g] += e['dur'] / 1000.0
+    count[g] += 1
+  n = max(len(steps), 1)
+  rows = [(g, ms[g] / n, count[g] / n) for g, _ in ms.most_common()]
+  return sum(ms.values()) / n, sum(count.values()) / n, rows
+
+
+def main(argv: Sequence[str]) -> str:
+  """Parses `argv` (argv[0] is the program), prints and returns the markdown tables."""
+  rest = FLAGS(list(argv))
+  if len(rest) != 2:
+    raise SystemExit('usage: trace_summary.py DIR (the --trace_dir of throughput.py)')
+  root = pathlib.Path(rest[1])
+  lines = []
+  for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    total, ops, rows = summarize(d, FLAGS.depth)
+    lines += [f'\n### {d.name}: {total:.2f} ms of XLA ops per step, {ops:.0f} ops per step\n',
+              '| group | ms/step | ops/step |', '|---|---|---|']
+    lines += [f'| {g} | {t:.2f} | {c:.0f} |' for g, t, c in rows[:FLAGS.top]]
+  text = '\n'.join(lines) + '\n'
+  print(text)
+  if FLAGS.output:
+    pathlib.Path(FLAGS.output).write_text(text)
+  return text
+
+
+if __name__ == '__main__':
+  main(sys.argv)

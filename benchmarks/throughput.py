@@ -598,6 +598,11 @@ def main(argv: Sequence[str]) -> dict:
   define_flags(fv)
   fv(list(argv))
   prof = PROFILES[fv.profile]
+  names = list(fv.variants or prof.variants)
+  for flag in ('eval_variants', 'decode_variants', 'trace_variants'):
+    unknown = [n for n in getattr(fv, flag) if n not in names]
+    if unknown:
+      raise ValueError(f'--{flag}: {unknown} are not among the variants {names}')
   platform_name = jax.devices()[0].platform
   on_cpu = platform_name == 'cpu'
   config_spec = fv.config or prof.config
@@ -630,11 +635,6 @@ def main(argv: Sequence[str]) -> dict:
   eval_batch = fv.eval_batch or int(config.eval.batch_size)
   eval_batch = int(math.ceil(eval_batch / dp) * dp)
   steps, repeats = fv.steps or prof.steps, fv.repeats or prof.repeats
-  names = list(fv.variants or prof.variants)
-  for flag in ('eval_variants', 'decode_variants', 'trace_variants'):
-    unknown = [n for n in getattr(fv, flag) if n not in names]
-    if unknown:
-      raise ValueError(f'--{flag}: {unknown} are not among the variants {names}')
   length = int(config.train.seq_len)
   notes = ['the machine may be shared with other jobs; ratios within one run are comparable, '
            'absolute times are noisy'] if on_cpu else []

@@ -8,16 +8,16 @@ position encoder) is handed to every layer; the PE type's `AttentionHook`
                     (attn_add q += PE_q, k += PE_k; attn_mul q *= PE_q, k *= PE_k;
                     attn_scalar q~ = [q; s PE_q], k~ = [k; PE_k]; RoPE rotations)
   scores(q, k_S)    per query-key pair: an additive logit bias from the query
-                    and key positions (ALiBi -m_h (i - j), FIRE, KERPLE), or
-                    attn_scalar's explicit bias `s PE_q·PE_k` (`scalar_form='bias'`)
+                    and key positions (ALiBi -m_h (i - j), FIRE, KERPLE)
 
 and, once per forward pass before the layers, `prepare(ctx)`: work every layer
 shares. SeqPE's attn_scalar with one shared `pe_qk` adds the SAME bias
 `s PE_q·PE_k` in every layer and for every sequence of a position set, so where the
 logits are materialised anyway (the reference path) it is computed once, `[P, L, H,
 S]` in `ctx.attn_bias`, and added to each layer's logits — instead of widening every
-layer's q·k to `[q; s PE_q]·[k; PE_k]` (the concat form, kept for the fused kernels
-and the KV cache).
+layer's q·k to `[q; s PE_q]·[k; PE_k]` (the concat form, kept for the fused kernels and
+wherever the bias cannot be shared). Cached decoding shares it too: the new rows
+against every cache slot's PE_k, with plain keys in the cache.
 
 Queries and keys carry separate positions: `PEContext.for_queries(L)` is the
 queries' rows (its `query` field if set, else the last L rows, the general

@@ -61,8 +61,10 @@ covers the variants built before it.
 Evaluation: for each variant the PE is encoded ONCE per length (1x and 4x the training
 length, `evaluate._jitted('encode')`) and the jitted eval step (`evaluate._jitted('lm')`) is
 timed on one eval batch with that cached PE. Decoding: greedy KV-cached
-`seqpe_jax.generate.generate` tokens/s (batch `--decode_batch`, prefill included), when that
-module exists; otherwise `null` with a note.
+`seqpe_jax.generate.generate` tokens/s (batch `--decode_batch`, prefill included) with the PE
+table of the generation length encoded once per variant (`generate.position_table`, as
+evaluation caches it; its own time is `decode_table_ms`), when that module exists; otherwise
+`null` with a note.
 
 MFU (with `--peak_tflops`): model FLOPs per token = 6 N + 12 * layers * width * length
 (`tasks.model_flops_per_token`: N all parameters, the attention scores and values term
@@ -300,6 +302,8 @@ class Variant:
   eval_ms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
   encode_ms: dict[str, float] = dataclasses.field(default_factory=dict)
   decode_s: list[float] = dataclasses.field(default_factory=list)
+  decode_table_s: list[float] = dataclasses.field(default_factory=list)
+  decode_table: Any = None
   batch: Any = None
   rng: Any = None
 
@@ -450,16 +454,26 @@ def decode_available() -> bool:
   return importlib.util.find_spec('seqpe_jax.generate') is not None
 
 
-def time_decode(v: Variant, generate_fn, prompt, new_tokens: int, first: bool) -> None:
-  """One greedy KV-cached `generate` call (the first one compiles and is not recorded)."""
+def time_decode(v: Variant, generate_mod, prompt, new_tokens: int, first: bool) -> None:
+  """One greedy KV-cached `generate` call with the PE table encoded once per variant (as
+  evaluation caches it), and, apart, the table's encoding; the first call compiles and is
+  not recorded."""
   t0 = time.perf_counter()
-  out = generate_fn(v.task, v.state.params, prompt, max_new_tokens=new_tokens)
+  table = generate_mod.position_table(v.task, v.state.params, prompt.shape[-1] + new_tokens)
+  jax.block_until_ready(table)
+  t_table = time.perf_counter() - t0
+  if first:
+    v.decode_table = table
+  t0 = time.perf_counter()
+  out = generate_mod.generate(v.task, v.state.params, prompt, max_new_tokens=new_tokens,
+                              pe_table=v.decode_table)
   jax.block_until_ready(out)
   dt = time.perf_counter() - t0
   if first:
-    v.row['decode_compile_s'] = dt
+    v.row['decode_compile_s'] = dt + t_table
   else:
     v.decode_s.append(dt)
+    v.decode_table_s.append(t_table)
 
 
 # ---------------------------------------------------------------------------- report
@@ -501,6 +515,7 @@ def finish_rows(variants: list[Variant], batch: int, length: int, peak_tflops: f
       r[f'encode_ms_{k}'] = v.encode_ms.get(k)
     r['decode_tok_s'] = (decode_tokens * decode_batch / _median(v.decode_s)
                          if v.decode_s else None)
+    r['decode_table_ms'] = (1000 * _median(v.decode_table_s) if v.decode_table_s else None)
     rows.append(r)
   rope, learned = _reference(rows, 'rope'), _reference(rows, 'learned')
   for r in rows:
@@ -675,7 +690,7 @@ def main(argv: Sequence[str]) -> dict:
       timed = _subset(variants, fv.decode_variants)
       for first in (True,) + (False,) * repeats:
         for v in timed:
-          time_decode(v, generate.generate, prompt, fv.decode_tokens, first)
+          time_decode(v, generate, prompt, fv.decode_tokens, first)
     elif fv.decode:
       notes.append('decode tok/s is null: seqpe_jax.generate (KV-cached decoding) is not in '
                    'this checkout')

@@ -5,9 +5,10 @@ r"""Autoregressive generation with the GPT LM: KV-cached (default) or full recom
       [--official_cache_bias] [--eos_id=N] [--output=out.json]
 
 The position encoding of every position `0..T-1` (T = prompt + new tokens) is
-computed ONCE before decoding (one SeqPE encoder call; a learned table is
-resized to T when T exceeds its size, as evaluation does at length T); each
-step then uses the rows of its new positions. The prompt is prefilled in one
+computed ONCE before decoding (`position_table`: one SeqPE encoder call; a
+learned table is resized to T when T exceeds its size, as evaluation does at
+length T), or passed in (`pe_table=`, to decode many prompts of one length
+without encoding again); each step then uses the rows of its new positions. The prompt is prefilled in one
 pass, then one token per step inside a jitted `lax.while_loop`.
 
 Cached decoding keeps each layer's keys as attention sees them (rotated for
@@ -47,7 +48,8 @@ from seqpe_jax.positions import digits_needed
 def generate(task_or_model: Any, params: Any, prompt_tokens: Any, *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, use_cache: bool = True,
              official_cache_bias: bool = False, rng: jax.Array | None = None,
-             eos_id: int | None = None, return_logits: bool = False
+             eos_id: int | None = None, return_logits: bool = False,
+             pe_table: PEOutput | None = None
              ) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Continues `prompt_tokens` (`[P]` or `[B, P]` int ids) by `max_new_tokens` tokens.
 
@@ -62,6 +64,9 @@ def generate(task_or_model: Any, params: Any, prompt_tokens: Any, *, max_new_tok
     eos_id: stop a row at this token (later tokens of that row are eos_id);
       the loop ends once every row has stopped.
     return_logits: also return each step's logits (before temperature / top-k).
+    pe_table: `position_table(model, params, P + N)`, to decode many prompts of one total
+      length without encoding the positions again (the table depends on the parameters and
+      that length only); encoded here when None.
 
   Returns:
     The new tokens `[N]` or `[B, N]` (int32), and with `return_logits` the
@@ -90,13 +95,48 @@ def generate(task_or_model: Any, params: Any, prompt_tokens: Any, *, max_new_tok
   fn = _decoder(model.cfg, model.pe, model.train_len, bool(official_cache_bias), p, n,
                 float(temperature), top_k, bool(use_cache),
                 None if eos_id is None else int(eos_id), bool(return_logits))
-  variables = nn.meta.unbox(params)
-  if not (isinstance(variables, dict) and set(variables) == {'params'}):
-    variables = {'params': variables}
-  out = fn(variables, jnp.asarray(prompt_BxL, jnp.int32), rng)
+  variables = _variables(params)
+  if pe_table is None:
+    pe_table = _table_fn(model.cfg, model.pe, model.train_len, p + n)(variables)
+  else:
+    sizes = {x.shape[1] for x in jax.tree.leaves(pe_table.ctx)}
+    if sizes - {p + n}:  # (a PE without context arrays, e.g. NoPE, has no sizes)
+      raise ConfigError(f'pe_table covers {sorted(sizes)} positions; this call needs exactly '
+                        f'{p + n} (prompt {p} + {n} new tokens): make it with '
+                        f'position_table(model, params, {p + n})')
+  out = fn(variables, jnp.asarray(prompt_BxL, jnp.int32), rng, pe_table)
   if squeeze:
     out = jax.tree.map(lambda x: x[0], out)
   return out
+
+
+def position_table(task_or_model: Any, params: Any, length: int) -> PEOutput:
+  """The position encoding of positions `0..length-1`, as `generate` uses it (one SeqPE
+  encoder call; a learned table resized to `length` when longer than its size). Exactly
+  `length` rows: a learned table's resize depends on it, so a longer table's prefix differs."""
+  model = getattr(task_or_model, 'model', task_or_model)
+  if not isinstance(model, GPT):
+    raise ConfigError(f'generation needs a GPT language model, got {type(model).__name__}')
+  if int(length) < 1:
+    raise ConfigError(f'the table length must be positive, got {length}')
+  check_length(model.pe, int(length), 0)
+  return _table_fn(model.cfg, model.pe, model.train_len, int(length))(_variables(params))
+
+
+def _variables(params: Any) -> dict:
+  variables = nn.meta.unbox(params)
+  if not (isinstance(variables, dict) and set(variables) == {'params'}):
+    variables = {'params': variables}
+  return variables
+
+
+@functools.lru_cache(maxsize=64)
+def _table_fn(cfg: GPTConfig, pe_cfg: PEConfig, train_len: int, length: int):
+  """The jitted `variables -> PEOutput` of positions `0..length-1` (cached by shape)."""
+  model = GPT(cfg, pe_cfg, train_len=train_len)
+  positions_1xS = jnp.arange(length, dtype=jnp.int32)[None]
+  return jax.jit(lambda variables: model.apply(variables, positions_1xS,
+                                               method=model.encode_positions))
 
 
 def check_length(pe: PEConfig, prompt_len: int, max_new_tokens: int) -> None:
@@ -133,14 +173,13 @@ def _rows(pe: PEOutput, start: jax.Array | int, size: int) -> PEOutput:
 def _decoder(cfg: GPTConfig, pe_cfg: PEConfig, train_len: int, official: bool, p: int, n: int,
              temperature: float, top_k: int, use_cache: bool, eos_id: int | None,
              return_logits: bool):
-  """The jitted `(variables, prompt_BxL, rng) -> tokens_BxG [, logits_BxGxV]` (cached by shape)."""
+  """The jitted `(variables, prompt_BxL, rng, pe) -> tokens_BxG [, logits_BxGxV]` (cached
+  by shape); `pe` is the `position_table` of all `p + n` positions."""
   model = GPT(cfg, pe_cfg, train_len=train_len, official_cache_bias=official)
   total = p + n
 
-  def run(variables, prompt_BxL, rng):
+  def run(variables, prompt_BxL, rng, pe):
     b = prompt_BxL.shape[0]
-    positions_1xS = jnp.arange(total, dtype=jnp.int32)[None]
-    pe = model.apply(variables, positions_1xS, method=model.encode_positions)  # once
     if use_cache:
       logits_BxLxV, carry = model.apply(variables, prompt_BxL, _rows(pe, 0, p),
                                         init_cache(model, b, total, shared_bias=True), pe,

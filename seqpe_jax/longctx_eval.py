@@ -271,16 +271,23 @@ class CachedGreedy:
     except ImportError as e:
       raise ConfigError('KV-cache generation (seqpe_jax.generate) is not available in this '
                         'checkout; use the padded decoder') from e
-    self._generate = generate.generate
+    self._generate, self._table = generate.generate, generate.position_table
     self.task, self.params, self.official = task, params, bool(official_cache_bias)
+    self._tables = {}  # prompt + new tokens -> the PE table, encoded once per length
 
   def __call__(self, prompts: Sequence[np.ndarray], max_new_tokens: int,
                total_len: int | None = None) -> list[np.ndarray]:
     del total_len
-    return [np.asarray(self._generate(self.task, self.params, np.asarray(p, np.int32),
-                                      max_new_tokens=max_new_tokens,
-                                      official_cache_bias=self.official))
-            for p in prompts]
+    out = []
+    for p in prompts:
+      total = len(p) + max_new_tokens
+      if total not in self._tables:
+        self._tables[total] = self._table(self.task, self.params, total)
+      out.append(np.asarray(self._generate(self.task, self.params, np.asarray(p, np.int32),
+                                           max_new_tokens=max_new_tokens,
+                                           official_cache_bias=self.official,
+                                           pe_table=self._tables[total])))
+    return out
 
 
 def make_greedy(task: Task, params: Any, *, decoder: str = 'padded',

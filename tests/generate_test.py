@@ -141,6 +141,20 @@ class ExtendTest(chex.TestCase):
                   method=model.extend)
 
 
+  def test_a_given_pe_table_decodes_alike_and_must_match_the_length(self):
+    for kw in (dict(type='seqpe'), dict(type='learned'), dict(type='nope')):
+      model = _model(**kw)
+      params = _params(model)
+      prompt = _prompt(p=20)  # 20 + 8 positions: past a learned table's training size
+      table = gen.position_table(model, params, 28)
+      np.testing.assert_array_equal(
+          gen.generate(model, params, prompt, max_new_tokens=8, pe_table=table),
+          gen.generate(model, params, prompt, max_new_tokens=8))
+      if kw['type'] != 'nope':  # NoPE's table has no rows to check
+        with self.assertRaisesRegex(ConfigError, 'needs exactly 28'):
+          gen.generate(model, params, prompt, max_new_tokens=8,
+                       pe_table=gen.position_table(model, params, 30))
+
   def test_remat_model_decodes_alike(self):
     base = _model(type='seqpe')
     remat = GPT(dataclasses.replace(base.cfg, remat=True), base.pe, train_len=TRAIN_LEN)

@@ -8,8 +8,9 @@ The position encoding of every position `0..T-1` (T = prompt + new tokens) is
 computed ONCE before decoding (`position_table`: one SeqPE encoder call; a
 learned table is resized to T when T exceeds its size, as evaluation does at
 length T), or passed in (`pe_table=`, to decode many prompts of one length
-without encoding again); each step then uses the rows of its new positions. The prompt is prefilled in one
-pass, then one token per step inside a jitted `lax.while_loop`.
+without encoding again); each step then uses the rows of its new positions.
+The prompt is prefilled in one pass, then one token per step inside a jitted
+`lax.while_loop`.
 
 Cached decoding keeps each layer's keys as attention sees them (rotated for
 RoPE, `[k; PE_k]` for SeqPE attn_scalar, ...), their positions (ALiBi) and
@@ -72,9 +73,7 @@ def generate(task_or_model: Any, params: Any, prompt_tokens: Any, *, max_new_tok
     The new tokens `[N]` or `[B, N]` (int32), and with `return_logits` the
     logits `[N, V]` / `[B, N, V]` (float32; zeros after an early stop).
   """
-  model = getattr(task_or_model, 'model', task_or_model)
-  if not isinstance(model, GPT):
-    raise ConfigError(f'generation needs a GPT language model, got {type(model).__name__}')
+  model = _gpt(task_or_model)
   prompt = np.asarray(prompt_tokens)
   squeeze = prompt.ndim == 1
   prompt_BxL = prompt[None] if squeeze else prompt
@@ -114,13 +113,19 @@ def position_table(task_or_model: Any, params: Any, length: int) -> PEOutput:
   """The position encoding of positions `0..length-1`, as `generate` uses it (one SeqPE
   encoder call; a learned table resized to `length` when longer than its size). Exactly
   `length` rows: a learned table's resize depends on it, so a longer table's prefix differs."""
-  model = getattr(task_or_model, 'model', task_or_model)
-  if not isinstance(model, GPT):
-    raise ConfigError(f'generation needs a GPT language model, got {type(model).__name__}')
+  model = _gpt(task_or_model)
   if int(length) < 1:
     raise ConfigError(f'the table length must be positive, got {length}')
   check_length(model.pe, int(length), 0)
   return _table_fn(model.cfg, model.pe, model.train_len, int(length))(_variables(params))
+
+
+def _gpt(task_or_model: Any) -> GPT:
+  """The `GPT` of an LM task (or the module itself); ConfigError for anything else."""
+  model = getattr(task_or_model, 'model', task_or_model)
+  if not isinstance(model, GPT):
+    raise ConfigError(f'generation needs a GPT language model, got {type(model).__name__}')
+  return model
 
 
 def _variables(params: Any) -> dict:

@@ -8,6 +8,7 @@ and sharded over a mesh (see `sharding.py` for the rule table).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -89,8 +90,60 @@ class Embed(nn.Module):
     return jnp.einsum('blc,vc->blv', x_BxLxC.astype(self.dtype), self._table())
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x_NxD: jax.Array, scale_D: jax.Array, bias_D: jax.Array,
+               eps: float) -> jax.Array:
+  """`(x - mean) / sqrt(var + eps) * scale + bias` over the last axis, all in x's dtype.
+
+  The gradient is written out (the textbook form, from the normalised input and the
+  reciprocal std saved by the forward): autodiff of the same forward compiled on CPU to
+  reductions over the row axis that took ~20% of a small GPT's training step.
+  """
+  return _layer_norm_fwd(x_NxD, scale_D, bias_D, eps)[0]
+
+
+def _layer_norm_fwd(x_NxD, scale_D, bias_D, eps):
+  xc_NxD = x_NxD - x_NxD.mean(-1, keepdims=True)
+  r_Nx1 = jax.lax.rsqrt((xc_NxD * xc_NxD).mean(-1, keepdims=True) + eps)
+  xh_NxD = xc_NxD * r_Nx1
+  return xh_NxD * scale_D + bias_D, (xh_NxD, r_Nx1, scale_D)
+
+
+def _layer_norm_bwd(eps, res, g_NxD):
+  del eps
+  xh_NxD, r_Nx1, scale_D = res
+  rows = tuple(range(g_NxD.ndim - 1))
+  gxh_NxD = g_NxD * scale_D
+  g_x = r_Nx1 * (gxh_NxD - gxh_NxD.mean(-1, keepdims=True)
+                 - xh_NxD * (gxh_NxD * xh_NxD).mean(-1, keepdims=True))
+  return g_x, (g_NxD * xh_NxD).sum(rows), g_NxD.sum(rows)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class _LayerNormParams(nn.Module):
+  """The `scale` / `bias` leaves, named as flax's `nn.LayerNorm` names them."""
+
+  eps: float
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    scale = self.param('scale', partitioned(nn.initializers.ones, ('norm',)), (d,),
+                       self.param_dtype)
+    bias = self.param('bias', partitioned(nn.initializers.zeros, ('norm',)), (d,),
+                      self.param_dtype)
+    f32 = jnp.float32
+    return layer_norm(x.astype(f32), scale.astype(f32), bias.astype(f32),
+                      self.eps).astype(self.dtype)
+
+
 class LayerNorm(nn.Module):
-  """LayerNorm with fp32 statistics and logically named scale/bias."""
+  """LayerNorm in fp32 (statistics and arithmetic; output cast to `dtype`) with logically
+  named scale/bias under `ln/` (the parameter tree of `nn.LayerNorm(name='ln')`)."""
 
   eps: float = 1e-5
   dtype: Dtype = jnp.float32
@@ -98,11 +151,7 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.LayerNorm(
-        epsilon=self.eps, dtype=self.dtype, param_dtype=self.param_dtype,
-        scale_init=partitioned(nn.initializers.ones, ('norm',)),
-        bias_init=partitioned(nn.initializers.zeros, ('norm',)),
-        use_fast_variance=False, name='ln')(x)
+    return _LayerNormParams(self.eps, self.dtype, self.param_dtype, name='ln')(x)
 
 
 class Mlp(nn.Module):

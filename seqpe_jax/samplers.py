@@ -56,14 +56,19 @@ def sample_without_replacement(key: jax.Array, n: int, k: int,
     return jnp.zeros((*shape, 0), jnp.int32)
   floyd_key, perm_key = jax.random.split(key)
   size = math.prod(shape)  # draw flat: rank >= 3 random draws compile slowly on CPU
+  # Step i draws t_i uniform in [0, j_i], j_i = n - k + i, from fold_in(key, i): all k draws
+  # at once (the same numbers as drawing inside the loop, where every draw was its own
+  # rolled threefry loop on CPU: ~15 ops per draw per step).
+  j_K = n - k + jnp.arange(k, dtype=jnp.int32)
+  keys_K = jax.vmap(lambda i: jax.random.fold_in(floyd_key, i))(jnp.arange(k))
+  t_KxS = jax.vmap(lambda kk, j: jax.random.randint(kk, (size,), 0, j + 1, dtype=jnp.int32))(
+      keys_K, j_K)
 
   def step(i, chosen):
-    j = n - k + i
-    t = jax.random.randint(jax.random.fold_in(floyd_key, i), (size,), 0, j + 1,
-                           dtype=jnp.int32).reshape(shape)
+    t = t_KxS[i].reshape(shape)
     # t already taken -> take j instead (j is new: every earlier pick is < j).
     taken = jnp.any(chosen == t[..., None], axis=-1)
-    return chosen.at[..., i].set(jnp.where(taken, j, t))
+    return chosen.at[..., i].set(jnp.where(taken, j_K[i], t))
 
   chosen = jax.lax.fori_loop(0, k, step, jnp.full((*shape, k), -1, jnp.int32))
   # Sort by random tags (as jax.random.permutation does; ties have probability < k^2/2^33).
@@ -188,18 +193,17 @@ def _small_int(bits: jax.Array, lo, hi) -> jax.Array:
   return lo + (bits % jnp.asarray(hi - lo, jnp.uint32)).astype(jnp.int32)
 
 
-def _edit_once(key, buf, n, pivot_buf, pivot_n, *, max_position: int, data_dim: int):
+def _edit_once(bits, buf, n, pivot_buf, pivot_n, *, max_position: int, data_dim: int):
   """One digit edit of each string `(buf [..., L], n [...])`: `(buf, n, ok [...])`.
 
-  Draws `_EDIT_TRIES` proposals, each with its own op (insert / swap / replace
-  / delete, uniform) and arguments, and keeps the first valid one; where none
-  is valid the string is unchanged and ok is False. A proposal is valid when
+  Makes `_EDIT_TRIES` proposals from `bits` (uint32 `[..., _EDIT_TRIES, 4]`), each with
+  its own op (insert / swap / replace / delete, uniform) and arguments, and keeps the first
+  valid one; where none is valid the string is unchanged and ok is False. A proposal is valid when
   it obeys the official rules: no leading zero, insert only below L digits
   (for 1-D every result must also stay < P), swap and replace must change the
   string, delete needs two digits, and the result differs from the pivot.
   """
-  shp, L = n.shape + (_EDIT_TRIES,), buf.shape[-1]
-  bits = _bits(key, shp + (4,))
+  L = buf.shape[-1]
   n_T = n[..., None]
   op = _small_int(bits[..., 0], 0, 4)
   ins, swp, rep, dele = (op == i for i in range(4))
@@ -275,10 +279,14 @@ def _hard_negatives(key, pivots_Bxd: jax.Array, num: int, *, max_position: int,
   k_num, k_edit, k_split = jax.random.split(key, 3)
   num_edits = jax.random.randint(k_num, (b, num), 1, _MAX_EDITS + 1)
 
+  # Every edit's proposal bits at once (as if drawn in the loop: one threefry, not three).
+  bits_E = jax.vmap(lambda e: _bits(jax.random.fold_in(k_edit, e), (b, num, _EDIT_TRIES, 4)))(
+      jnp.arange(_MAX_EDITS))
+
   def edit(e, state):
     buf, n, edited = state
-    new_buf, new_n, ok = _edit_once(jax.random.fold_in(k_edit, e), buf, n, pivot_buf[:, None],
-                                    pivot_n[:, None], max_position=max_position, data_dim=d)
+    new_buf, new_n, ok = _edit_once(bits_E[e], buf, n, pivot_buf[:, None], pivot_n[:, None],
+                                    max_position=max_position, data_dim=d)
     apply = (e < num_edits) & ok
     return (jnp.where(apply[..., None], new_buf, buf), jnp.where(apply, new_n, n),
             edited | apply)

@@ -69,6 +69,17 @@ class InjectionTest(chex.TestCase, parameterized.TestCase):
     with pytest.raises(ValueError, match='divide'):
       injection.tile_to_batch(x, 5)
 
+  @parameterized.parameters((1, 7), (2, 6), (3, 9), (16, 32), (5, 40), (4, 4))
+  def test_tile_to_batch_gradient_is_block_sum(self, p, batch):
+    # The custom transpose (pairwise block sums) must equal jnp.tile's, odd repeat counts too.
+    x = jax.random.normal(jax.random.key(p), (p, 3, 2))
+    w = jax.random.normal(jax.random.key(batch), (batch, 3, 2))
+    ours = jax.grad(lambda x: jnp.sum(injection.tile_to_batch(x, batch) * w))(x)
+    ref = jax.grad(lambda x: jnp.sum(jnp.tile(x, (batch // p, 1, 1)) * w))(x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(injection.tile_to_batch(x, batch),
+                                  jnp.tile(x, (batch // p, 1, 1)))
+
   def test_split_heads_checks_width(self):
     chex.assert_shape(injection.split_heads(jnp.zeros((1, L, C)), H, 4, True), (1, L, H, 4))
     chex.assert_shape(injection.split_heads(jnp.zeros((1, L, 4)), H, 4, False), (1, L, 1, 4))

@@ -1,0 +1,64 @@
+"""Tests for seqpe_jax.layers (the written-out LayerNorm against flax's)."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.test_util
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from seqpe_jax import layers
+
+
+def _flax_ln(eps, dtype=jnp.float32):
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name='ln')
+
+
+class LayerNormTest(chex.TestCase, parameterized.TestCase):
+
+  @parameterized.parameters(((7, 16),), ((2, 5, 32),), ((3, 1, 4, 8),))
+  def test_values_and_gradients_equal_flax(self, shape):
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), shape)
+    ours = layers.LayerNorm(1e-5)
+    params = nn.meta.unbox(ours.init(jax.random.key(2), x))
+    # Non-trivial scale / bias, shared by both (same tree).
+    params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(3), p.shape), params)
+    ref_params = {'params': params['params']['ln']}
+    ref_apply = lambda p, x: _flax_ln(1e-5).apply(p, x)
+    np.testing.assert_allclose(ours.apply(params, x), ref_apply(ref_params, x),
+                               rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * w), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(lambda p, x: jnp.sum(ref_apply(p, x) * w), argnums=(0, 1))(ref_params, x)
+    np.testing.assert_allclose(g_ours[1], g_ref[1], rtol=1e-4, atol=1e-5)
+    for k in ('scale', 'bias'):
+      np.testing.assert_allclose(g_ours[0]['params']['ln'][k], g_ref[0]['params'][k],
+                                 rtol=1e-4, atol=1e-5)
+
+  def test_parameter_tree_and_init(self):
+    params = layers.LayerNorm().init(jax.random.key(0), jnp.ones((2, 6)))
+    chex.assert_trees_all_equal(nn.meta.unbox(params),
+                                {'params': {'ln': {'scale': jnp.ones(6), 'bias': jnp.zeros(6)}}})
+    self.assertEqual(params['params']['ln']['scale'].names, ('norm',))
+
+  def test_bf16_output_dtype_fp32_math(self):
+    x = jax.random.normal(jax.random.key(0), (4, 64)) * 100 + 1000  # large mean: fp32 stats
+    ln = layers.LayerNorm(dtype=jnp.bfloat16)
+    params = ln.init(jax.random.key(1), x)
+    y = ln.apply(params, x.astype(jnp.bfloat16))
+    self.assertEqual(y.dtype, jnp.bfloat16)
+    ref = _flax_ln(1e-5).apply({'params': nn.meta.unbox(params)['params']['ln']},
+                               x.astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(y.astype(jnp.float32), ref, atol=2e-2)
+
+  def test_gradient_check(self):
+    # Reverse mode against finite differences (a custom_vjp has no forward mode).
+    x = jax.random.normal(jax.random.key(0), (3, 5))
+    f = lambda x, s, b: layers.layer_norm(x, s, b, 1e-5)
+    jax.test_util.check_grads(f, (x, jnp.linspace(0.5, 1.5, 5), jnp.linspace(-1, 1, 5)),
+                              order=1, modes=['rev'], atol=5e-2, rtol=5e-2)
+
+
+if __name__ == '__main__':
+  absltest.main()

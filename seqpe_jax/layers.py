@@ -114,9 +114,9 @@ def _layer_norm_bwd(eps, res, g_NxD):
   xh_NxD, r_Nx1, scale_D = res
   rows = tuple(range(g_NxD.ndim - 1))
   gxh_NxD = g_NxD * scale_D
-  g_x = r_Nx1 * (gxh_NxD - gxh_NxD.mean(-1, keepdims=True)
-                 - xh_NxD * (gxh_NxD * xh_NxD).mean(-1, keepdims=True))
-  return g_x, (g_NxD * xh_NxD).sum(rows), g_NxD.sum(rows)
+  gx_NxD = r_Nx1 * (gxh_NxD - gxh_NxD.mean(-1, keepdims=True)
+                    - xh_NxD * (gxh_NxD * xh_NxD).mean(-1, keepdims=True))
+  return gx_NxD, (g_NxD * xh_NxD).sum(rows), g_NxD.sum(rows)
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

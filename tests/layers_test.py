@@ -11,8 +11,8 @@ from absl.testing import absltest, parameterized
 from seqpe_jax import layers
 
 
-def _flax_ln(eps, dtype=jnp.float32):
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name='ln')
+def _flax_ln(eps):
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name='ln')
 
 
 class LayerNormTest(chex.TestCase, parameterized.TestCase):

@@ -56,8 +56,17 @@ def abstract_state(state: Any, shardings: Any) -> Any:
 # ---------------------------------------------------------------------------- step
 
 def _tree_finite(tree) -> jax.Array:
+  """bool scalar: every entry of every leaf is finite.
+
+  Combined with a sort, not `.all()`: XLA rewrites a reduce over the stacked per-leaf flags
+  into a chain of scalar ANDs and copies that chain into every per-leaf update fusion that
+  reads the flag (leaves x leaves ops: 9,160 of a tiny ViT step's 79,881 HLO lines, and
+  quadratic compile time in the leaf count). A sort is not fused, so the flag is computed once.
+  """
   leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
-  return jnp.stack(leaves).all() if leaves else jnp.array(True)
+  if not leaves:
+    return jnp.array(True)
+  return jnp.sort(jnp.stack(leaves).astype(jnp.int32))[0] == 1
 
 
 def make_train_step(task: Task, lr_fn: Callable, grad_accum: int = 1) -> Callable:

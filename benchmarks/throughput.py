@@ -39,14 +39,18 @@ from two variants timed in the same run; t[v] is the median ms/step of v):
                                                          its optimizer group, vs no PE at all
   contrastive  (t[seqpe] - t[seqpe-noct]) / t[seqpe]
   ood          (t[seqpe] - t[seqpe-noood]) / t[seqpe]
-  shift        (t[seqpe] - t[seqpe-noshift]) / t[seqpe]  with the real sampler (rate 0.1)
+  shift        (t[seqpe] - t[seqpe-noshift]) / t[seqpe]  with the real sampler (the config's
+                                                         aux.shift_rate)
   shift_step_ms      t[seqpe-shift1] - t[seqpe-shift0]   a shifted over a default step
   cond_overhead_ms   t[seqpe-shift0] - t[seqpe-noshift]  the cond + rematerialised branches
                                                          on a step that does not shift
 
 The regularisers share one encoder call with the main positions, so the shares are not
 additive. With the real sampler the number of shifted steps per timed window varies; each
-row reports the shifted fraction it actually saw (`shifted_frac`).
+row reports the shifted fraction it actually saw (`shifted_frac`), and with `seqpe-shift0`
+and `seqpe-shift1` in the run the expected step at the configured rate is
+`expected_seqpe_ms` = (1 - rate) t[seqpe-shift0] + rate t[seqpe-shift1] (`expected_ratio_rope`
+over t[rope]): the figure to compare, since a few timed steps rarely hit the rate.
 
 Ratios are time ratios: `ratio_rope` = ms/step of the row / ms/step of `rope` (1.2 = 20%
 slower), likewise `ratio_learned`; evaluation ratios are to learned APE, decoding ratios are
@@ -549,6 +553,8 @@ def shares(rows: list[dict]) -> dict:
     if 'seqpe-shift1' in t and 'seqpe-shift0' in t:
       out['expected_seqpe_ms'] = (1 - rate) * t['seqpe-shift0'] + rate * t['seqpe-shift1']
       out['expected_seqpe_formula'] = f'(1 - {rate:g}) t[seqpe-shift0] + {rate:g} t[seqpe-shift1]'
+      if 'rope' in t:
+        out['expected_ratio_rope'] = out['expected_seqpe_ms'] / t['rope']
     if 'nope' in t:
       out['total_over_nope'] = {'share': (s - t['nope']) / s, 'ms': s - t['nope']}
   return out
@@ -596,7 +602,9 @@ def markdown(result: dict) -> str:
                    'ms (t[seqpe-shift0] - t[seqpe-noshift])')
     if 'expected_seqpe_ms' in sh:
       lines.append(f"- expected seqpe step with the real sampler: {sh['expected_seqpe_ms']:.1f} "
-                   f"ms = {sh['expected_seqpe_formula']}")
+                   f"ms = {sh['expected_seqpe_formula']}"
+                   + (f" ({sh['expected_ratio_rope']:.2f}x RoPE)" if 'expected_ratio_rope' in sh
+                      else ''))
   lines.append('\nPeak MB: the compiled step\'s memory_analysis (arguments + outputs - aliased '
                '+ temporaries). Ratios: time ratios (x RoPE 1.2 = 20% slower); decode: '
                'throughput ratio.')

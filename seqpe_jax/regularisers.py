@@ -146,24 +146,38 @@ def sample_aux(a: AuxSettings, k_ct: jax.Array, k_ood: jax.Array, *,
   return AuxBatch(positions_Mxd, n_ct, pivots_Bxd, cands_BxKxd, labels_B, teacher_idx_Bxn)
 
 
-def encode_train_positions(a: AuxSettings, encode_with: Callable, params, k_shift: jax.Array,
-                           k_sets: jax.Array, pool: jax.Array | None,
+def encode_train_positions(a: AuxSettings, encode_with: Callable, params, aux: AuxBatch,
+                           k_shift: jax.Array, k_sets: jax.Array, pool: jax.Array | None,
                            train_grid: tuple[int, ...], default_1xNxd: jax.Array
                            ) -> tuple[PEOutput, jax.Array]:
   """`(pe, shifted)`: the training grid, or on random-shift steps `shift_sets` shifted copies.
 
-  `encode_with(params, positions_PxNxd)` is the task's encoder call (aux positions bound).
+  `encode_with(params, positions_PxNxd, aux_Mxd)` is the task's encoder call. A shifted step
+  does not encode the OOD students: its OOD term is off (official), so their rows of
+  `aux_embed` are zeros there (same loss and gradients, a smaller tree on shifted steps).
   """
   shifted = jnp.zeros((), bool)
   if a.shift_rate <= 0:
-    return encode_with(params, default_1xNxd), shifted
+    return encode_with(params, default_1xNxd, aux.positions_Mxd), shifted
   shifted = samplers.use_shift(k_shift, a.shift_rate)
   offsets = samplers.shift_offsets(k_sets, pool, a.shift_sets)
   sets_SxNxd = samplers.shifted_grid(offsets, train_grid)
+  n_ood = 0 if aux.teacher_idx_Bxn is None else aux.teacher_idx_Bxn.size
+
+  def encode_shifted(p, pos):
+    if not n_ood:
+      return encode_with(p, pos, aux.positions_Mxd)
+    if aux.num_contrastive == 0:  # only OOD students: nothing auxiliary to encode
+      out = encode_with(p, pos, None)
+      zeros = jnp.zeros((n_ood, out.main_embed.shape[-1]), out.main_embed.dtype)
+      return out.replace(aux_embed=zeros)
+    out = encode_with(p, pos, aux.positions_Mxd[:aux.num_contrastive])
+    return out.replace(aux_embed=jnp.pad(out.aux_embed, ((0, n_ood), (0, 0))))
   # Rematerialised branches: reverse-mode cond otherwise carries both branches' encoder
   # activations as residuals (the unused one zero-filled) on every step.
-  shifted_enc = jax.checkpoint(lambda p, pos: encode_with(p, pos))
-  default_enc = jax.checkpoint(lambda p, pos: _broadcast_sets(encode_with(p, pos), a.shift_sets))
+  shifted_enc = jax.checkpoint(encode_shifted)
+  default_enc = jax.checkpoint(lambda p, pos: _broadcast_sets(
+      encode_with(p, pos, aux.positions_Mxd), a.shift_sets))
   pe = jax.lax.cond(shifted, shifted_enc, lambda p, _: default_enc(p, default_1xNxd),
                     params, sets_SxNxd)
   return pe, shifted

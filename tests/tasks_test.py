@@ -9,6 +9,7 @@ import pytest
 from absl.testing import absltest, parameterized
 
 from configs import smoke
+from seqpe_jax import regularisers, samplers
 from seqpe_jax.errors import ConfigError
 from seqpe_jax.seqpe import SeqPEEncoder
 from seqpe_jax.tasks import Task
@@ -49,11 +50,13 @@ class LossTest(chex.TestCase, parameterized.TestCase):
     n_aux = a.contrastive.num_pivots * (1 + a.contrastive.num_candidates) + (
         a.ood.num_items * a.ood.num_points)
     self.assertEqual(calls, [(n_main + n_aux, task.data_dim)])
-    # With random shifts each lax.cond branch makes its own single call.
+    # With random shifts each lax.cond branch makes its own single call; the shifted one
+    # leaves out the OOD students (their term is off on shifted steps).
     _, task, params, batch = _task(kind)
     calls = _encoder_calls(lambda: task.loss_fn(params, batch, jax.random.PRNGKey(0), jnp.int32(0)))
+    n_ct = a.contrastive.num_pivots * (1 + a.contrastive.num_candidates)
     self.assertEqual(sorted(calls), sorted([(n_main + n_aux, task.data_dim),
-                                            (a.shift_sets * n_main + n_aux, task.data_dim)]))
+                                            (a.shift_sets * n_main + n_ct, task.data_dim)]))
 
   def test_total_is_task_plus_weighted_regularisers(self):
     _, task, params, batch = _task(contrastive_weight=0.3, ood_weight=0.7, shift_rate=0.0)
@@ -79,6 +82,34 @@ class LossTest(chex.TestCase, parameterized.TestCase):
     _, task0, _, _ = _task(shift_rate=0.0)
     _, m0 = task0.loss_fn(params, batch, jax.random.PRNGKey(2), jnp.int32(0))
     self.assertGreater(abs(float(m['task_loss']) - float(m0['task_loss'])), 1e-4)
+
+  @parameterized.parameters('lm', 'vit')
+  def test_shifted_step_equals_encoding_the_ood_students_too(self, kind):
+    # The official shifted step encodes the OOD students and zeroes their term; ours skips
+    # them. Same loss and gradients as that reference, written out from the task's pieces.
+    _, task, params, batch = _task(kind, shift_rate=1.0, weight_warmup_steps=0)
+    if 'pe_qk' in params['posenc']:  # LM attn_scalar: make the PE move the loss (see above)
+      params['posenc']['pe_qk']['kernel'] = params['posenc']['pe_qk']['kernel'] * 300.0
+    rng, a = jax.random.PRNGKey(3), task.aux
+
+    def reference(p):
+      k_ct, k_ood, _, k_sets, k_enc, k_model = jax.random.split(rng, 6)
+      aux = regularisers.sample_aux(a, k_ct, k_ood, train_grid=task.train_grid,
+                                    max_digits=task.pe.max_digits)
+      sets = samplers.shifted_grid(samplers.shift_offsets(k_sets, task.shift_pool, a.shift_sets),
+                                   task.train_grid)
+      pe = task.encode(p, sets, aux_Mxd=aux.positions_Mxd, deterministic=False, rng=k_enc)
+      task_loss, _ = task.task_loss(task.logits(p, batch, pe, deterministic=False, rng=k_model),
+                                    batch)
+      return task_loss + a.contrastive_weight * regularisers.contrastive_term(pe.aux_embed, aux)
+
+    ours = lambda p: task.loss_fn(p, batch, rng, jnp.int32(0))[0]
+    (v, g), (v_ref, g_ref) = jax.value_and_grad(ours)(params), jax.value_and_grad(reference)(params)
+    self.assertEqual(float(task.loss_fn(params, batch, rng, jnp.int32(0))[1]['shifted']), 1.0)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-6)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_ref)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(y))) + 1e-12,
+                                 err_msg=jax.tree_util.keystr(path))
 
   def test_baselines_have_no_regularisers(self):
     config = smoke.get_config()

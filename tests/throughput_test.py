@@ -112,6 +112,21 @@ class ThroughputTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'divisible'):
       bench.fit_batch(config, 7, 2)
 
+  def test_shares_and_the_expected_step_at_the_shift_rate(self):
+    t = {'seqpe': 120.0, 'rope': 100.0, 'nope': 90.0, 'seqpe-noaux': 95.0, 'seqpe-noct': 110.0,
+         'seqpe-noood': 112.0, 'seqpe-noshift': 118.0, 'seqpe-shift0': 116.0,
+         'seqpe-shift1': 140.0}
+    rows = [{'variant': v, 'ms_per_step': ms, 'shift_rate': 0.25} for v, ms in t.items()]
+    sh = bench.shares(rows)
+    self.assertAlmostEqual(sh['encoder']['ms'], 5.0)
+    self.assertAlmostEqual(sh['contrastive']['share'], 10.0 / 120.0)
+    self.assertAlmostEqual(sh['shift_step_ms'], 24.0)
+    self.assertAlmostEqual(sh['cond_overhead_ms'], -2.0)
+    self.assertAlmostEqual(sh['expected_seqpe_ms'], 0.75 * 116.0 + 0.25 * 140.0)
+    self.assertAlmostEqual(sh['expected_ratio_rope'], 1.22)
+    self.assertNotIn('expected_ratio_rope', bench.shares([r for r in rows
+                                                          if r['variant'] != 'rope']))
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -187,10 +187,10 @@ class Task:
     k_ct, k_ood, k_shift, k_sets, k_enc, k_model = jax.random.split(rng, 6)
     aux = regularisers.sample_aux(a, k_ct, k_ood, train_grid=self.train_grid,
                                   max_digits=self.pe.max_digits)
-    encode_with = lambda p, pos: self.encode(p, pos, aux_Mxd=aux.positions_Mxd,
-                                             deterministic=False, rng=k_enc)
+    encode_with = lambda p, pos, aux_Mxd: self.encode(p, pos, aux_Mxd=aux_Mxd,
+                                                      deterministic=False, rng=k_enc)
     pe, shifted = regularisers.encode_train_positions(
-        a, encode_with, params, k_shift, k_sets, self.shift_pool, self.train_grid,
+        a, encode_with, params, aux, k_shift, k_sets, self.shift_pool, self.train_grid,
         self.default_positions[None])
     logits = self.logits(params, batch, pe, deterministic=False, rng=k_model)
     task, extra = self.task_loss(logits, batch)

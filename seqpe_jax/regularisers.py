@@ -167,12 +167,11 @@ def encode_train_positions(a: AuxSettings, encode_with: Callable, params, aux: A
   def encode_shifted(p, pos):
     if not n_ood:
       return encode_with(p, pos, aux.positions_Mxd)
-    if aux.num_contrastive == 0:  # only OOD students: nothing auxiliary to encode
-      out = encode_with(p, pos, None)
-      zeros = jnp.zeros((n_ood, out.main_embed.shape[-1]), out.main_embed.dtype)
-      return out.replace(aux_embed=zeros)
-    out = encode_with(p, pos, aux.positions_Mxd[:aux.num_contrastive])
-    return out.replace(aux_embed=jnp.pad(out.aux_embed, ((0, n_ood), (0, 0))))
+    kept_Mxd = aux.positions_Mxd[:aux.num_contrastive] if aux.num_contrastive else None
+    out = encode_with(p, pos, kept_Mxd)
+    kept_e = (out.aux_embed if kept_Mxd is not None else
+              jnp.zeros((0, out.main_embed.shape[-1]), out.main_embed.dtype))
+    return out.replace(aux_embed=jnp.pad(kept_e, ((0, n_ood), (0, 0))))
   # Rematerialised branches: reverse-mode cond otherwise carries both branches' encoder
   # activations as residuals (the unused one zero-filled) on every step.
   shifted_enc = jax.checkpoint(encode_shifted)

@@ -15,8 +15,12 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
-import jax, jax.numpy as jnp, numpy as np
-from seqpe_jax import seqpe, prefix_trie
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from seqpe_jax import prefix_trie, seqpe  # noqa: E402
 
 rng = np.random.default_rng(0)
 starts = rng.integers(0, 2560 - 64, 16)
@@ -37,10 +41,13 @@ for name, pos in (('with OOD (before)', np.concatenate([main, ct, ood])),
   print(name, pos.shape[0], 'positions,', layout.num_rows, 'tree rows, GFLOP',
         round(f.cost_analysis()['flops'] / 1e9, 3))
 times = {k: [] for k in fns}
-for r in range(15):
+for _ in range(15):
   for k, f in fns.items():
-    jax.block_until_ready(f(params)); t0 = time.perf_counter()
-    for _ in range(5): out = f(params)
-    jax.block_until_ready(out); times[k].append((time.perf_counter() - t0) / 5 * 1e3)
+    jax.block_until_ready(f(params))
+    t0 = time.perf_counter()
+    for _ in range(5):
+      out = f(params)
+    jax.block_until_ready(out)
+    times[k].append((time.perf_counter() - t0) / 5 * 1e3)
 for k, v in times.items():
   print(f'{k}: median {statistics.median(v):.1f} ms, min {min(v):.1f} (15 interleaved rounds of 5)')

@@ -7,7 +7,6 @@ tree whose hash must not change; nothing may be printed on stdout.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import lzma
 import pathlib
@@ -185,6 +184,7 @@ def _run_case(case: Case, tmp: pathlib.Path) -> Outcome:
 
 
 class MainErrorsTest(parameterized.TestCase):
+  """One CLI run per test (under `pytest -n`, the cases spread over the workers)."""
 
   @classmethod
   def setUpClass(cls):
@@ -198,9 +198,6 @@ class MainErrorsTest(parameterized.TestCase):
     (tmp / 'corrupt' / 'wikitext-2' / 'wiki.train.tokens.xz').write_bytes(good[:4096])
     _make_images(tmp / 'images', corrupt=False)
     _make_images(tmp / 'bad_images', corrupt=True)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      cls.outcomes = dict(zip((c.name for c in CASES),
-                              pool.map(lambda c: _run_case(c, tmp), CASES)))
 
   def test_at_least_15_distinct_mistakes(self):
     self.assertGreaterEqual(len({c.message for c in CASES}), 15)
@@ -212,7 +209,7 @@ class MainErrorsTest(parameterized.TestCase):
 
   @parameterized.named_parameters((c.name, c) for c in CASES)
   def test_one_error_line_exit_2_workdir_unchanged(self, case: Case):
-    out = self.outcomes[case.name]
+    out = _run_case(case, self.tmp)
     lines = [l for l in out.stderr.splitlines() if l.strip()]
     self.assertEqual(out.rc, 2, out.stderr)
     self.assertLen(lines, 1, out.stderr)

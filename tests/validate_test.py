@@ -6,7 +6,6 @@ the validation pass, before any data is read or anything compiles.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import pathlib
 import subprocess
@@ -167,22 +166,20 @@ class ShippedConfigsTest(parameterized.TestCase):
 
 
 class ValidateCliTest(parameterized.TestCase):
+  """One CLI run per test (under `pytest -n`, the cases spread over the workers)."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     tmp = cls.tmp = pathlib.Path(tempfile.mkdtemp())
     (tmp / 'afile').write_text('x\n')
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      cls.outcomes = dict(zip((c.name for c in CASES),
-                              pool.map(lambda c: _run_case(c, tmp), CASES)))
 
   def test_cases_are_distinct(self):
     self.assertLen({c.message for c in CASES}, len(CASES))
 
   @parameterized.named_parameters((c.name, c) for c in CASES)
   def test_one_error_line_exit_2_workdir_unchanged(self, case: Case):
-    rc, stdout, stderr, unchanged = self.outcomes[case.name]
+    rc, stdout, stderr, unchanged = _run_case(case, self.tmp)
     lines = [l for l in stderr.splitlines() if l.strip()]
     self.assertEqual(rc, 2, stderr)
     self.assertLen(lines, 1, stderr)

@@ -33,6 +33,13 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, names)
 
 
+def onehot_lookup(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
+  """`table[ids]` as a one-hot product, for tables of a few dozen rows: a gather's gradient
+  would be thousands of scatter-adds into those few rows."""
+  onehot = jax.nn.one_hot(ids, table_VxD.shape[0], dtype=table_VxD.dtype)
+  return jnp.einsum('...v,vd->...d', onehot, table_VxD)
+
+
 class Linear(nn.Module):
   """`y = x · W + b` contracting the last `n_in` dims of x; W has shape `in + features`.
 
@@ -49,15 +56,20 @@ class Linear(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, part: slice | None = None) -> jax.Array:
+    """`part` slices the first feature dim: only those outputs are computed (a module called
+    twice shares its parameters, e.g. q of a few rows and k/v of all)."""
     in_shape = x.shape[-self.n_in:]
     kernel = self.param('kernel', partitioned(normal(self.init_std), self.names),
                         (*in_shape, *self.features), self.param_dtype)
-    y = jnp.tensordot(x.astype(self.dtype), jnp.asarray(kernel, self.dtype), axes=self.n_in)
+    kernel = jnp.asarray(kernel, self.dtype)
+    if part is not None:
+      kernel = kernel[(slice(None),) * self.n_in + (part,)]
+    y = jnp.tensordot(x.astype(self.dtype), kernel, axes=self.n_in)
     if self.use_bias:
       bias = self.param('bias', partitioned(nn.initializers.zeros, self.names[self.n_in:]),
                         self.features, self.param_dtype)
-      y = y + jnp.asarray(bias, self.dtype)
+      y = y + jnp.asarray(bias if part is None else bias[part], self.dtype)
     return y
 
 

@@ -14,6 +14,12 @@ from `aux.max_position`: training positions lie below it by construction). Nodes
 numbered in sorted order from ONE sort of the full digit keys; unused slots are padding
 rows (computed, never read).
 
+Work per row: block 0's input is a function of the row's (depth, digit) alone (the CLS rows:
+one constant), so its LayerNorm and q/k/v projection run on that small table (`x_VxC`,
+t * base + 1 rows) and are looked up per row; the last block (CLS queries only) projects q
+for the CLS rows and k/v for every row. At GPT-2 small's width this is a fifth of the
+encoder's FLOPs (benchmarks/results/layer0_table).
+
 Sharding: the position batch is split into R groups (the mesh's batch shards) and each
 group builds its own tree, so every gather stays inside a shard. Dropout, when on, draws
 one mask per (call, depth, prefix) — `keyed_dropout` — so a prefix shared by several
@@ -21,7 +27,8 @@ positions is dropped identically for all of them, whatever the grouping (the pla
 layout draws one mask per position and digit: the switch back).
 
 Shape letters (besides the package legend): R groups, U tree rows (digit nodes, then one
-CLS row per position), Q positions per group, T ancestor slots (= digit tokens + CLS).
+CLS row per position), Q positions per group, T ancestor slots (= digit tokens + CLS),
+V rows of block 0's input table.
 """
 
 from __future__ import annotations
@@ -157,12 +164,11 @@ def keyed_dropout(x_RxUxC: jax.Array, rate: float, rng: jax.Array, depth_U: np.n
   return jnp.where(mask, x_RxUxC / keep, 0.0).astype(x_RxUxC.dtype)
 
 
-def _gather_kv(qkv_RxUx3xHxK: jax.Array, idx_RxJxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _gather_kv(kv_RxUx2xHxK: jax.Array, idx_RxJxT: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Keys and values `[R, J, T, H, K]` of the ancestor rows (per group), in one flat gather
   from a contiguous `[2, R*U, H, K]` (strided k / v slices gather several times slower)."""
-  r, u = qkv_RxUx3xHxK.shape[:2]
-  kv_2xNxHxK = jnp.moveaxis(qkv_RxUx3xHxK[:, :, 1:], 2, 0).reshape(2, r * u,
-                                                                   *qkv_RxUx3xHxK.shape[3:])
+  r, u = kv_RxUx2xHxK.shape[:2]
+  kv_2xNxHxK = jnp.moveaxis(kv_RxUx2xHxK, 2, 0).reshape(2, r * u, *kv_RxUx2xHxK.shape[3:])
   flat = idx_RxJxT + (u * jnp.arange(r, dtype=idx_RxJxT.dtype))[:, None, None]
   kv = kv_2xNxHxK.at[:, flat].get(mode='promise_in_bounds')
   return kv[0], kv[1]
@@ -179,16 +185,30 @@ class TreeAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_RxUxC: jax.Array, anc_RxJxT: jax.Array, valid_JxT: np.ndarray,
-               depth_J: np.ndarray, keys_RxJ: jax.Array, deterministic: bool) -> jax.Array:
-    """Outputs of the last J rows (the queries), attending over their ancestor slots."""
+               depth_J: np.ndarray, keys_RxJ: jax.Array, deterministic: bool,
+               ids_RxU: jax.Array | None = None) -> jax.Array:
+    """Outputs of the last J rows (the queries), attending over their ancestor slots.
+
+    With `ids_RxU`, `x` is a table `[V, C]` and row u of group r is `x[ids[r, u]]`: q/k/v
+    are projected once per table row and looked up (same values, V rows of work not U).
+    """
     c = x_RxUxC.shape[-1]
     h = self.num_heads
     dh = c // h
     qkv = layers.Linear((3, h, dh), ('embed', None, 'heads', 'kv'), init_std=self.init_std,
-                        dtype=self.dtype, param_dtype=self.param_dtype, name='qkv')(x_RxUxC)
+                        dtype=self.dtype, param_dtype=self.param_dtype, name='qkv')
     j = anc_RxJxT.shape[1]
-    q_RxJxHxK = qkv[:, -j:, 0]
-    k_RxJxTxHxK, v_RxJxTxHxK = _gather_kv(qkv, anc_RxJxT)
+    if ids_RxU is not None:
+      qkv_RxUx3xHxK = layers.onehot_lookup(qkv(x_RxUxC).reshape(x_RxUxC.shape[0], -1),
+                                           ids_RxU).reshape(*ids_RxU.shape, 3, h, dh)
+      q_RxJxHxK, kv_RxUx2xHxK = qkv_RxUx3xHxK[:, -j:, 0], qkv_RxUx3xHxK[:, :, 1:]
+    elif j < x_RxUxC.shape[1]:  # the last block: q of the CLS rows only, k/v of every row
+      q_RxJxHxK = qkv(x_RxUxC[:, -j:], part=slice(0, 1))[:, :, 0]
+      kv_RxUx2xHxK = qkv(x_RxUxC, part=slice(1, 3))
+    else:
+      qkv_RxUx3xHxK = qkv(x_RxUxC)
+      q_RxJxHxK, kv_RxUx2xHxK = qkv_RxUx3xHxK[:, :, 0], qkv_RxUx3xHxK[:, :, 1:]
+    k_RxJxTxHxK, v_RxJxTxHxK = _gather_kv(kv_RxUx2xHxK, anc_RxJxT)
     logits = jnp.einsum('rjhk,rjthk->rjht', q_RxJxHxK, k_RxJxTxHxK,
                         preferred_element_type=jnp.float32) * dh**-0.5
     logits = jnp.where(jnp.asarray(valid_JxT)[None, :, None, :], logits, layers.NEG_INF)
@@ -215,8 +235,10 @@ class TreeBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_RxUxC: jax.Array, tree: Tree, layout: Layout,
-               deterministic: bool) -> jax.Array:
+  def __call__(self, x_RxUxC: jax.Array, tree: Tree, layout: Layout, deterministic: bool,
+               table: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """`table = (x_VxC, ids_RxU)` with `x_RxUxC == x_VxC[ids_RxU]`: attention projects the
+    table's rows (`TreeAttention(ids_RxU=...)`); the residual stream stays per row."""
     ln = functools.partial(layers.LayerNorm, eps=1e-5, dtype=self.dtype,
                            param_dtype=self.param_dtype)
     depth_U, valid_UxT = layout.depth_U, layout.valid_UxT
@@ -226,10 +248,11 @@ class TreeBlock(nn.Module):
       anc, keys, depth_U, valid_UxT = anc[:, -q:], keys[:, -q:], depth_U[-q:], valid_UxT[-q:]
     drop = lambda y: y if deterministic or self.dropout_rate <= 0.0 else keyed_dropout(
         y, self.dropout_rate, self.make_rng('dropout'), depth_U, keys)
+    attn_in, ids = (x_RxUxC, None) if table is None else table
     h = TreeAttention(self.num_heads, self.attn_dropout_rate, dtype=self.dtype,
                       param_dtype=self.param_dtype, name='attn')(
-                          ln(name='ln_1')(x_RxUxC), anc, valid_UxT, depth_U, keys,
-                          deterministic)
+                          ln(name='ln_1')(attn_in), anc, valid_UxT, depth_U, keys,
+                          deterministic, ids)
     if self.last_query_only:
       x_RxUxC = x_RxUxC[:, -self.num_queries:]
     x_RxUxC = layers.constrain(x_RxUxC + drop(h), ('act_batch', None, 'act_embed'))

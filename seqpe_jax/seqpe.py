@@ -20,7 +20,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from seqpe_jax import layers, prefix_trie, positions as pos_lib
@@ -140,11 +139,15 @@ class SeqPEEncoder(nn.Module):
         q)
     digits_RxQxT = layers.constrain(digits_MxT.reshape(groups, q, t), ('act_batch', None, None))
     tree = jax.vmap(lambda d: prefix_trie.build_tree(d, layout, self.base))(digits_RxQxT)
-    depth_U = np.minimum(layout.depth_U, t - 1)[:layout.num_digit_rows]
-    x_digits = _lookup(tok_emb, tree.tokens_U[:, :layout.num_digit_rows]) + _lookup(
-        dpos_TxD, depth_U)[None]
-    x_cls = jnp.broadcast_to(cls_D, (groups, q, self.width))
-    x_RxUxD = layers.constrain(jnp.concatenate([x_digits, x_cls], axis=1),
+    # A row's input is a function of its (depth, digit) (CLS rows: one constant): a row of the
+    # t*base + 1 row table `x_VxD`, so block 0 computes q/k/v once per table row, not per row.
+    x_VxD = jnp.concatenate([(dpos_TxD[:, None] + tok_emb[None]).reshape(-1, self.width),
+                             cls_D[None]])
+    depth_U = layout.depth_U[:layout.num_digit_rows]
+    digit_ids_RxU = depth_U[None] * self.base + tree.tokens_U[:, :layout.num_digit_rows]
+    ids_RxU = jnp.concatenate(
+        [digit_ids_RxU, jnp.full((groups, q), x_VxD.shape[0] - 1, digit_ids_RxU.dtype)], axis=1)
+    x_RxUxD = layers.constrain(layers.onehot_lookup(x_VxD, ids_RxU),
                                ('act_batch', None, 'act_embed'))
     for i in range(self.num_layers):
       last = self.cls_only_last_layer and i == self.num_layers - 1
@@ -152,14 +155,15 @@ class SeqPEEncoder(nn.Module):
           self.num_heads, dropout_rate=self.dropout_rate,
           attn_dropout_rate=self.attn_dropout_rate, last_query_only=last, num_queries=q,
           dtype=self.dtype, param_dtype=self.param_dtype,
-          name=f'block_{i}')(x_RxUxD, tree, layout, deterministic)
+          name=f'block_{i}')(x_RxUxD, tree, layout, deterministic,
+                             table=(x_VxD, ids_RxU) if i == 0 else None)
     return x_RxUxD[:, -q:].reshape(m, self.width)
 
   def _plain_forward(self, pos_Mxn: jax.Array, digits_MxT: jax.Array,
                      deterministic: bool) -> jax.Array:
     """CLS states `[M, D]` from the `[M, T]` digit sequences."""
     tok_emb, dpos_TxD, cls_D = self._embeddings()
-    x_MxTxD = _lookup(tok_emb, digits_MxT) + dpos_TxD[None]
+    x_MxTxD = layers.onehot_lookup(tok_emb, digits_MxT) + dpos_TxD[None]
     cls_Mx1xD = jnp.broadcast_to(cls_D, (x_MxTxD.shape[0], 1, self.width))
     x_MxTxD = jnp.concatenate([x_MxTxD, cls_Mx1xD], axis=1)  # CLS last (T = n*k + 1)
     x_MxTxD = layers.constrain(x_MxTxD, ('act_batch', None, 'act_embed'))
@@ -177,13 +181,6 @@ class SeqPEEncoder(nn.Module):
           dtype=self.dtype, param_dtype=self.param_dtype,
           name=f'block_{i}')(x_MxTxD, PEContext(), mask_Mx1xT, deterministic)
     return x_MxTxD[:, -1]
-
-
-def _lookup(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
-  """`table[ids]` as a one-hot product: the tables have 10 or n*k rows, and a gather's
-  gradient would be thousands of scatter-adds into those few rows."""
-  onehot = jax.nn.one_hot(ids, table_VxD.shape[0], dtype=table_VxD.dtype)
-  return jnp.einsum('...v,vd->...d', onehot, table_VxD)
 
 
 def _batch_shards() -> int:

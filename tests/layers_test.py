@@ -1,4 +1,4 @@
-"""Tests for seqpe_jax.layers (the written-out LayerNorm against flax's)."""
+"""Tests for seqpe_jax.layers (the written-out LayerNorm against flax's, Linear, lookups)."""
 
 import chex
 import flax.linen as nn
@@ -58,6 +58,27 @@ class LayerNormTest(chex.TestCase, parameterized.TestCase):
     f = lambda x, s, b: layers.layer_norm(x, s, b, 1e-5)
     jax.test_util.check_grads(f, (x, jnp.linspace(0.5, 1.5, 5), jnp.linspace(-1, 1, 5)),
                               order=1, modes=['rev'], atol=5e-2, rtol=5e-2)
+
+
+class LinearAndLookupTest(absltest.TestCase):
+
+  def test_part_computes_a_slice_of_the_outputs_with_the_same_parameters(self):
+    lin = layers.Linear((3, 2, 4), ('embed', None, 'heads', 'kv'))
+    x = jax.random.normal(jax.random.key(0), (5, 8))
+    params = lin.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
+    full = lin.apply(params, x)
+    self.assertEqual(full.shape, (5, 3, 2, 4))
+    np.testing.assert_allclose(lin.apply(params, x, part=slice(1, 3)), full[:, 1:3], atol=1e-6)
+    np.testing.assert_allclose(lin.apply(params, x, part=slice(0, 1)), full[:, :1], atol=1e-6)
+
+  def test_onehot_lookup_is_an_exact_gather_with_its_gradient(self):
+    table = jax.random.normal(jax.random.key(0), (7, 3))
+    ids = jnp.array([[0, 6, 6], [2, 2, 1]])
+    np.testing.assert_array_equal(layers.onehot_lookup(table, ids), table[ids])
+    w = jax.random.normal(jax.random.key(1), (2, 3, 3))
+    g = jax.grad(lambda t: jnp.sum(layers.onehot_lookup(t, ids) * w))(table)
+    np.testing.assert_allclose(g, jax.grad(lambda t: jnp.sum(t[ids] * w))(table), atol=1e-6)
 
 
 if __name__ == '__main__':

@@ -198,16 +198,15 @@ class TreeAttention(nn.Module):
     qkv = layers.Linear((3, h, dh), ('embed', None, 'heads', 'kv'), init_std=self.init_std,
                         dtype=self.dtype, param_dtype=self.param_dtype, name='qkv')
     j = anc_RxJxT.shape[1]
-    if ids_RxU is not None:
-      qkv_RxUx3xHxK = layers.onehot_lookup(qkv(x_RxUxC).reshape(x_RxUxC.shape[0], -1),
-                                           ids_RxU).reshape(*ids_RxU.shape, 3, h, dh)
-      q_RxJxHxK, kv_RxUx2xHxK = qkv_RxUx3xHxK[:, -j:, 0], qkv_RxUx3xHxK[:, :, 1:]
-    elif j < x_RxUxC.shape[1]:  # the last block: q of the CLS rows only, k/v of every row
+    if ids_RxU is None and j < x_RxUxC.shape[1]:  # the last block: q of the CLS rows only
       q_RxJxHxK = qkv(x_RxUxC[:, -j:], part=slice(0, 1))[:, :, 0]
       kv_RxUx2xHxK = qkv(x_RxUxC, part=slice(1, 3))
     else:
       qkv_RxUx3xHxK = qkv(x_RxUxC)
-      q_RxJxHxK, kv_RxUx2xHxK = qkv_RxUx3xHxK[:, :, 0], qkv_RxUx3xHxK[:, :, 1:]
+      if ids_RxU is not None:  # x is the table: each row's projections looked up
+        qkv_RxUx3xHxK = layers.onehot_lookup(qkv_RxUx3xHxK.reshape(x_RxUxC.shape[0], -1),
+                                             ids_RxU).reshape(*ids_RxU.shape, 3, h, dh)
+      q_RxJxHxK, kv_RxUx2xHxK = qkv_RxUx3xHxK[:, -j:, 0], qkv_RxUx3xHxK[:, :, 1:]
     k_RxJxTxHxK, v_RxJxTxHxK = _gather_kv(kv_RxUx2xHxK, anc_RxJxT)
     logits = jnp.einsum('rjhk,rjthk->rjht', q_RxJxHxK, k_RxJxTxHxK,
                         preferred_element_type=jnp.float32) * dh**-0.5

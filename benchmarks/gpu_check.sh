@@ -13,6 +13,8 @@
 #           picks it): rope, seqpe (auto = the concat form), seqpe with the shared bias as the
 #           kernel's bias input (scalar_form=bias)
 #   1024    rope, seqpe, seqpe-plain at length 1024
+#   remat   unshifted seqpe steps under each aux.encoder_remat (full = the default here,
+#           dots, none) beside rope: slower on CPU (README), unmeasured on a GPU
 #
 #   RUNS=core bash benchmarks/gpu_check.sh         # results under $OUT (or benchmarks/results/gpu)
 #
@@ -77,6 +79,8 @@ for r in $RUNS; do
     fused) run fused 300 --length=512 --noeval --nodecode \
               --variants="rope+$NOAD,seqpe+$NOAD,seqpe+$NOAD+$BIAS" ;;
     1024) run 1024 300 --length=1024 --noeval --nodecode --variants=rope,seqpe,seqpe-plain ;;
+    remat) run remat 300 --length=512 --noeval --nodecode \
+              --variants=rope,seqpe-shift0,seqpe-shift0+aux.encoder_remat=dots,seqpe-shift0+aux.encoder_remat=none ;;
     *) echo "unknown run $r" >&2; status=1 ;;
   esac
 done

@@ -70,6 +70,8 @@ def aux_config(**overrides: Any) -> ml_collections.ConfigDict:
       'shift_sets': 16,            # position sets on a shifted step (B_pe); must divide the batch
       'counts_per_device': False,  # num_pivots / ood_items / shift_sets per data-parallel device
                                    # (x the data-parallel size, as the official per-GPU samplers)
+      'encoder_remat': 'auto',     # the step's encoder call in the backward: auto | full (recompute)
+                                   # | dots (keep matmul outputs) | none (keep all); same gradients
       **overrides,
   })
 

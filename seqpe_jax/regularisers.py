@@ -25,6 +25,14 @@ from seqpe_jax.posenc import PEConfig, PEOutput
 from seqpe_jax.positions import capacity, digits_needed
 
 
+# How the training step's encoder call keeps its activations for the backward pass:
+# full: recompute its forward (jax.checkpoint); dots: keep the matmul outputs, recompute the
+# rest (LayerNorms, softmax, gathers); none: keep everything; auto: full where random shifts
+# put the call in a lax.cond (whose reverse mode otherwise carries both branches' residuals on
+# every step), none without shifts. Same function and gradients; time and memory differ.
+ENCODER_REMAT = ('auto', 'full', 'dots', 'none')
+
+
 @dataclasses.dataclass(frozen=True)
 class AuxSettings:
   """Static SeqPE-regulariser and random-shift settings of a task."""
@@ -39,6 +47,7 @@ class AuxSettings:
   max_position: int
   shift_rate: float
   shift_sets: int
+  encoder_remat: str = 'auto'  # ENCODER_REMAT: what the backward recomputes of the encoder
 
   @property
   def active_terms(self) -> tuple[str, ...]:
@@ -100,9 +109,13 @@ def aux_settings(aux_cfg: ml_collections.ConfigDict, *, pe: PEConfig,
             f'aux.shift_sets={a.shift_sets}')
     raise ConfigError(f'{what} must divide the (micro-)batch {micro_batch}')
   heads = int(a.ood_heads) or pe.heads
+  remat = a.get('encoder_remat', 'auto')  # absent from configs saved before it existed
+  if remat not in ENCODER_REMAT:
+    raise ConfigError(f'aux.encoder_remat must be {", ".join(ENCODER_REMAT[:-1])} or '
+                      f'{ENCODER_REMAT[-1]}, got {remat!r}')
   return AuxSettings(ct, ood, float(a.contrastive_weight), float(a.ood_weight),
                      int(a.weight_warmup_steps), heads, float(a.ood_beta), p, shift_rate,
-                     shift_sets)
+                     shift_sets, remat)
 
 
 def shift_pool(aux_cfg: ml_collections.ConfigDict, settings: AuxSettings, *, seed: int,
@@ -157,8 +170,9 @@ def encode_train_positions(a: AuxSettings, encode_with: Callable, params, aux: A
   `aux_embed` are zeros there (same loss and gradients, a smaller tree on shifted steps).
   """
   shifted = jnp.zeros((), bool)
+  remat = remat_wrapper(a.encoder_remat, 'full' if a.shift_rate > 0 else 'none')
   if a.shift_rate <= 0:
-    return encode_with(params, default_1xNxd, aux.positions_Mxd), shifted
+    return remat(encode_with)(params, default_1xNxd, aux.positions_Mxd), shifted
   shifted = samplers.use_shift(k_shift, a.shift_rate)
   offsets = samplers.shift_offsets(k_sets, pool, a.shift_sets)
   sets_SxNxd = samplers.shifted_grid(offsets, train_grid)
@@ -172,14 +186,24 @@ def encode_train_positions(a: AuxSettings, encode_with: Callable, params, aux: A
     kept_e = (out.aux_embed if kept_Mxd is not None else
               jnp.zeros((0, out.main_embed.shape[-1]), out.main_embed.dtype))
     return out.replace(aux_embed=jnp.pad(kept_e, ((0, n_ood), (0, 0))))
-  # Rematerialised branches: reverse-mode cond otherwise carries both branches' encoder
+  # Rematerialised branches (auto): reverse-mode cond otherwise carries both branches' encoder
   # activations as residuals (the unused one zero-filled) on every step.
-  shifted_enc = jax.checkpoint(encode_shifted)
-  default_enc = jax.checkpoint(lambda p, pos: _broadcast_sets(
+  shifted_enc = remat(encode_shifted)
+  default_enc = remat(lambda p, pos: _broadcast_sets(
       encode_with(p, pos, aux.positions_Mxd), a.shift_sets))
   pe = jax.lax.cond(shifted, shifted_enc, lambda p, _: default_enc(p, default_1xNxd),
                     params, sets_SxNxd)
   return pe, shifted
+
+
+def remat_wrapper(policy: str, auto: str) -> Callable[[Callable], Callable]:
+  """The wrapper that applies `aux.encoder_remat` (its `auto` means the policy `auto`)."""
+  policy = auto if policy == 'auto' else policy
+  if policy == 'none':
+    return lambda f: f
+  saveable = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable if policy == 'dots'
+              else None)
+  return lambda f: jax.checkpoint(f, policy=saveable)
 
 
 def add_terms(a: AuxSettings, total: jax.Array, metrics: dict, pe: PEOutput, aux: AuxBatch,
@@ -228,5 +252,5 @@ def _broadcast_sets(out: PEOutput, n: int) -> PEOutput:
   return out.replace(ctx=ctx, main_embed=rep(out.main_embed))
 
 
-__all__ = ['AuxSettings', 'AuxBatch', 'aux_settings', 'shift_pool', 'sample_aux',
-           'encode_train_positions', 'add_terms', 'contrastive_term', 'ood_term']
+__all__ = ['ENCODER_REMAT', 'AuxSettings', 'AuxBatch', 'aux_settings', 'shift_pool', 'sample_aux',
+           'encode_train_positions', 'remat_wrapper', 'add_terms', 'contrastive_term', 'ood_term']

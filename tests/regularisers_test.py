@@ -10,6 +10,7 @@ from configs import smoke
 from seqpe_jax import regularisers
 from seqpe_jax.errors import ConfigError
 from seqpe_jax.posenc import PEConfig
+from seqpe_jax.seqpe import SeqPEEncoder
 
 
 def _settings(pe_type='seqpe', grid=(16,), **aux):
@@ -37,6 +38,34 @@ class SettingsTest(absltest.TestCase):
       _settings(grid=(100000,), max_position=100000)
     with pytest.raises(ConfigError, match='shift_sets=3 must divide the \\(micro-\\)batch 4'):
       _settings(shift_sets=3)
+
+  def test_encoder_remat_is_one_of_the_policies(self):
+    self.assertEqual(_settings().encoder_remat, 'auto')
+    self.assertEqual(_settings(encoder_remat='dots').encoder_remat, 'dots')
+    with pytest.raises(ConfigError, match="aux.encoder_remat must be auto, full, dots or none, "
+                                          "got 'checkpoint'"):
+      _settings(encoder_remat='checkpoint')
+
+
+class RematTest(absltest.TestCase):
+
+  def test_policies_give_the_same_encoder_gradients(self):
+    # The step's encoder call on the prefix tree (custom-VJP LayerNorms, one-hot lookups,
+    # gathers) under each aux.encoder_remat policy: same value and gradients.
+    enc = SeqPEEncoder(max_digits=3, width=16, num_heads=2, out_dim=16, dropout_rate=0.1,
+                       share_prefixes=True, position_bound=600)
+    pos = jnp.asarray(np.random.default_rng(0).integers(0, 600, (40, 1)), jnp.int32)
+    params = enc.init(jax.random.PRNGKey(0), pos[:2])
+    w = jax.random.normal(jax.random.PRNGKey(1), (40, 16))
+    loss = lambda p: jnp.sum(w * enc.apply(p, pos, deterministic=False,
+                                           rngs={'dropout': jax.random.PRNGKey(2)}))
+    v0, g0 = jax.jit(jax.value_and_grad(loss))(params)
+    for policy in ('full', 'dots'):
+      v, g = jax.jit(jax.value_and_grad(regularisers.remat_wrapper(policy, 'none')(loss)))(params)
+      np.testing.assert_allclose(v, v0, rtol=1e-6, err_msg=policy)
+      for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(y))),
+                                   err_msg=f'{policy} {jax.tree_util.keystr(path)}')
 
 
 class AuxBatchTest(absltest.TestCase):

@@ -4,6 +4,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
@@ -37,6 +38,14 @@ def _encoder_calls(fn):
   with nn.intercept_methods(count):
     jax.eval_shape(fn)
   return calls
+
+
+def _eqns(jaxpr):
+  """Every equation of a jaxpr, nested ones (cond branches, remat bodies) included."""
+  for e in jaxpr.eqns:
+    yield e
+    for sub in jax_core.jaxprs_in_params(e.params):
+      yield from _eqns(getattr(sub, 'jaxpr', sub))
 
 
 class LossTest(chex.TestCase, parameterized.TestCase):
@@ -111,6 +120,20 @@ class LossTest(chex.TestCase, parameterized.TestCase):
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_ref)):
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(y))) + 1e-12,
                                  err_msg=jax.tree_util.keystr(path))
+
+  @parameterized.parameters(0.0, 1.0)
+  def test_encoder_remat_policy_is_the_traced_one(self, shift_rate):
+    # aux.encoder_remat chooses what the backward recomputes of the step's encoder call.
+    for policy in regularisers.ENCODER_REMAT:
+      _, task, params, batch = _task(shift_rate=shift_rate, encoder_remat=policy)
+      jaxpr = jax.make_jaxpr(
+          lambda p: task.loss_fn(p, batch, jax.random.PRNGKey(4), jnp.int32(0)))(params)
+      remats = [e.params['policy'] for e in _eqns(jaxpr.jaxpr) if 'policy' in e.params]
+      want = {'auto': 'full' if shift_rate else 'none'}.get(policy, policy)
+      self.assertLen(remats, 0 if want == 'none' else 2 if shift_rate else 1, policy)
+      for pol in remats:
+        self.assertEqual(pol, jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                         if want == 'dots' else None)
 
   def test_baselines_have_no_regularisers(self):
     config = smoke.get_config()

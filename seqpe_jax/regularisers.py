@@ -197,7 +197,7 @@ def encode_train_positions(a: AuxSettings, encode_with: Callable, params, aux: A
 
 
 def remat_wrapper(policy: str, auto: str) -> Callable[[Callable], Callable]:
-  """The wrapper that applies `aux.encoder_remat` (its `auto` means the policy `auto`)."""
+  """The wrapper applying `policy` (an `aux.encoder_remat` value; 'auto' -> `auto`)."""
   policy = auto if policy == 'auto' else policy
   if policy == 'none':
     return lambda f: f

@@ -1,0 +1,34 @@
+"""The no-shift step's suspect (README Performance, 2026-12-07): a shared [1, H, L, S]
+attention bias broadcast over the batch (as `injection.py` adds a single position set's bias)
+against the same bias tiled with `injection.tile_to_batch` (its written-out transpose), over
+12 layers of GPT-2 small attention (8 x 512, 12 heads), forward + backward, interleaved.
+Run from the repository root: python benchmarks/results/encoder_remat/bias_p1.py
+Output of the 12-07 run: bias_p1.txt."""
+import pathlib, statistics, sys, time
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
+import jax, jax.numpy as jnp
+from seqpe_jax import injection, layers
+B, L, H, K = 8, 512, 12, 64
+kq, kk, kv, kb = jax.random.split(jax.random.PRNGKey(0), 4)
+q = jax.random.normal(kq, (B, L, H, K)); k = jax.random.normal(kk, (B, L, H, K))
+v = jax.random.normal(kv, (B, L, H, K)); bias1 = jax.random.normal(kb, (1, H, L, L)) * 0.1
+mask = layers.causal_mask(L, L)[None, None]
+def loss(q, k, v, bias, tile):
+  tot = 0.
+  for _ in range(12):  # 12 layers share the bias
+    b = injection.tile_to_batch(bias, B) if tile else bias
+    out = layers.dot_product_attention(q, k, v, scale=K**-0.5, bias=b, mask=mask,
+                                       implementation='reference', dropout_rate=0.0, dropout_rng=None)
+    tot = tot + jnp.sum(out * out)
+    q = q + 0.01 * out
+  return tot
+fns = {t: jax.jit(jax.grad(lambda q, k, v, b, t=t: loss(q, k, v, b, t), argnums=(0, 3))).lower(q, k, v, bias1).compile() for t in (False, True)}
+g = {t: f(q, k, v, bias1) for t, f in fns.items()}
+print('max grad diff', float(jnp.abs(g[True][1] - g[False][1]).max()), float(jnp.abs(g[False][1]).max()))
+times = {t: [] for t in fns}
+for _ in range(5):
+  for t, f in fns.items():
+    jax.block_until_ready(f(q, k, v, bias1)); t0 = time.perf_counter()
+    jax.block_until_ready(f(q, k, v, bias1)); times[t].append(time.perf_counter() - t0)
+for t, v_ in times.items():
+  print('tiled' if t else 'broadcast', f'median {statistics.median(v_)*1e3:.0f} ms min {min(v_)*1e3:.0f}')

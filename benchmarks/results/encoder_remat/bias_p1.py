@@ -4,9 +4,10 @@ against the same bias tiled with `injection.tile_to_batch` (its written-out tran
 12 layers of GPT-2 small attention (8 x 512, 12 heads), forward + backward, interleaved.
 Run from the repository root: python benchmarks/results/encoder_remat/bias_p1.py
 Output of the 12-07 run: bias_p1.txt."""
-import pathlib, statistics, sys, time
+import functools, pathlib, sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 import jax, jax.numpy as jnp
+from benchmarks import interleaved
 from seqpe_jax import injection, layers
 B, L, H, K = 8, 512, 12, 64
 kq, kk, kv, kb = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -25,10 +26,7 @@ def loss(q, k, v, bias, tile):
 fns = {t: jax.jit(jax.grad(lambda q, k, v, b, t=t: loss(q, k, v, b, t), argnums=(0, 3))).lower(q, k, v, bias1).compile() for t in (False, True)}
 g = {t: f(q, k, v, bias1) for t, f in fns.items()}
 print('max grad diff', float(jnp.abs(g[True][1] - g[False][1]).max()), float(jnp.abs(g[False][1]).max()))
-times = {t: [] for t in fns}
-for _ in range(5):
-  for t, f in fns.items():
-    jax.block_until_ready(f(q, k, v, bias1)); t0 = time.perf_counter()
-    jax.block_until_ready(f(q, k, v, bias1)); times[t].append(time.perf_counter() - t0)
-for t, v_ in times.items():
-  print('tiled' if t else 'broadcast', f'median {statistics.median(v_)*1e3:.0f} ms min {min(v_)*1e3:.0f}')
+names = {False: 'broadcast', True: 'tiled'}
+times = interleaved.time_interleaved(
+    {names[t]: functools.partial(f, q, k, v, bias1) for t, f in fns.items()}, rounds=5)
+interleaved.report('bias_p1', times)

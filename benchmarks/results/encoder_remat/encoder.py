@@ -13,10 +13,9 @@ median / min ms over interleaved rounds. Run from the repository root:
   python benchmarks/results/encoder_remat/encoder.py [--rounds=7]
 """
 import argparse
+import functools
 import pathlib
-import statistics
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
@@ -25,6 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import interleaved  # noqa: E402
 from seqpe_jax import regularisers, seqpe  # noqa: E402
 
 
@@ -59,18 +59,9 @@ def main():
       diff = max(float(jnp.abs(a - b).max()) for a, b in
                  zip(jax.tree.leaves(grads[policy]), jax.tree.leaves(grads['full'])))
       print(f'{name}: max |grad {policy} - grad full| = {diff:.2e}')
-    times = {k: [] for k in fns}
-    for _ in range(args.rounds):
-      for k, f in fns.items():
-        jax.block_until_ready(f(params))
-        t0 = time.perf_counter()
-        for _ in range(args.calls):
-          out = f(params)
-        jax.block_until_ready(out)
-        times[k].append((time.perf_counter() - t0) / args.calls * 1e3)
-    for k, v in times.items():
-      print(f'{name} {k}: median {statistics.median(v):.1f} ms, min {min(v):.1f} '
-            f'({args.rounds} interleaved rounds of {args.calls})', flush=True)
+    times = interleaved.time_interleaved(
+        {k: functools.partial(f, params) for k, f in fns.items()}, args.rounds, args.calls)
+    interleaved.report(name, times, args.calls)
 
 
 if __name__ == '__main__':

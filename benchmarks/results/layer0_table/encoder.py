@@ -14,12 +14,11 @@ the repository root (a git clone):
   python benchmarks/results/layer0_table/encoder.py [--rounds=9]
 """
 import argparse
+import functools
 import importlib.util
 import pathlib
-import statistics
 import subprocess
 import sys
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
@@ -28,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import interleaved  # noqa: E402
 from seqpe_jax import seqpe  # noqa: E402
 
 BEFORE = 'c5d8ec9'
@@ -76,18 +76,9 @@ def main():
       print(f'{name} {k}: GFLOP {fns[k].cost_analysis()["flops"] / 1e9:.3f}', flush=True)
     print(f'{name}: max |table - before| = {float(jnp.abs(outs["table"] - outs["before"]).max()):.2e}'
           f' (outputs up to {float(jnp.abs(outs["before"]).max()):.2f})')
-    times = {k: [] for k in fns}
-    for _ in range(args.rounds):
-      for k, f in fns.items():
-        jax.block_until_ready(f(params))
-        t0 = time.perf_counter()
-        for _ in range(args.calls):
-          out = f(params)
-        jax.block_until_ready(out)
-        times[k].append((time.perf_counter() - t0) / args.calls * 1e3)
-    for k, v in times.items():
-      print(f'{name} {k}: median {statistics.median(v):.1f} ms, min {min(v):.1f} '
-            f'({args.rounds} interleaved rounds of {args.calls})', flush=True)
+    times = interleaved.time_interleaved(
+        {k: functools.partial(f, params) for k, f in fns.items()}, args.rounds, args.calls)
+    interleaved.report(name, times, args.calls)
 
 
 if __name__ == '__main__':

@@ -56,6 +56,13 @@ class Preempted(RunStopped):
   exit_code = PREEMPTED_EXIT_CODE
 
 
+def check_choice(what: str, value, choices) -> None:
+  """`ConfigError('<what> must be a, b or c, got <value>')` unless `value` is one of `choices`."""
+  if value not in choices:
+    listed = ', '.join(choices[:-1]) + f' or {choices[-1]}'
+    raise ConfigError(f'{what} must be {listed}, got {value!r}')
+
+
 def one_line(e: BaseException, limit: int = 300) -> str:
   """`Type: first line of the message`, capped, so that reports stay one line."""
   text = str(e).strip().splitlines()

@@ -628,6 +628,13 @@ class NoPE(PEType):
 
 from seqpe_jax import relbias  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
 
-PE_TYPES = names()
-LM_PE_TYPES = names(1)
-VIT_PE_TYPES = names(2)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+  """`PE_TYPES` / `LM_PE_TYPES` / `VIT_PE_TYPES`, read from the registry when asked for: a
+  snapshot taken here would miss `relbias`'s types whenever `relbias` is imported first (its
+  import of this module then reaches the line above while `relbias` is half loaded)."""
+  dims = {'PE_TYPES': None, 'LM_PE_TYPES': 1, 'VIT_PE_TYPES': 2}
+  if name in dims:
+    return names(dims[name])
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from seqpe_jax import debug, losses, samplers
-from seqpe_jax.errors import ConfigError
+from seqpe_jax.errors import ConfigError, check_choice
 from seqpe_jax.posenc import PEConfig, PEOutput
 from seqpe_jax.positions import capacity, digits_needed
 
@@ -110,9 +110,7 @@ def aux_settings(aux_cfg: ml_collections.ConfigDict, *, pe: PEConfig,
     raise ConfigError(f'{what} must divide the (micro-)batch {micro_batch}')
   heads = int(a.ood_heads) or pe.heads
   remat = a.get('encoder_remat', 'auto')  # absent from configs saved before it existed
-  if remat not in ENCODER_REMAT:
-    raise ConfigError(f'aux.encoder_remat must be {", ".join(ENCODER_REMAT[:-1])} or '
-                      f'{ENCODER_REMAT[-1]}, got {remat!r}')
+  check_choice('aux.encoder_remat', remat, ENCODER_REMAT)
   return AuxSettings(ct, ood, float(a.contrastive_weight), float(a.ood_weight),
                      int(a.weight_warmup_steps), heads, float(a.ood_beta), p, shift_rate,
                      shift_sets, remat)

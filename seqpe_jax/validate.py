@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from seqpe_jax.errors import ConfigError
+from seqpe_jax.errors import ConfigError, check_choice
 
 SCHEDULES = ('cosine', 'linear', 'constant')
 NONFINITE = ('stop', 'skip')
@@ -52,9 +52,7 @@ def _in_range(section, name: str, key: str, lo: float, hi: float, *, lo_open: bo
 
 
 def _choice(section, name: str, key: str, choices: Sequence[str]) -> None:
-  if section[key] not in choices:
-    listed = ', '.join(choices[:-1]) + f' or {choices[-1]}'
-    raise ConfigError(f'{name}.{key} must be {listed}, got {section[key]!r}')
+  check_choice(f'{name}.{key}', section[key], tuple(choices))
 
 
 def _directory(value: str, what: str) -> None:

@@ -81,5 +81,39 @@ class LinearAndLookupTest(absltest.TestCase):
     np.testing.assert_allclose(g, jax.grad(lambda t: jnp.sum(t[ids] * w))(table), atol=1e-6)
 
 
+class BatchBroadcastTest(parameterized.TestCase):
+
+  @parameterized.parameters(1, 2, 3, 5, 6, 7, 8)
+  def test_block_sum_is_the_sum_of_contiguous_blocks(self, reps):
+    x = jax.random.normal(jax.random.key(0), (reps * 2, 3, 4))
+    np.testing.assert_allclose(layers.block_sum(x, reps), x.reshape(reps, 2, 3, 4).sum(0),
+                               rtol=1e-6, atol=1e-6)
+
+  def test_broadcast_batch_value_and_gradient(self):
+    x = jax.random.normal(jax.random.key(1), (1, 2, 3))
+    w = jax.random.normal(jax.random.key(2), (5, 2, 3))
+    np.testing.assert_array_equal(layers.broadcast_batch(x, 5), jnp.broadcast_to(x, (5, 2, 3)))
+    g = jax.grad(lambda x: jnp.sum(layers.broadcast_batch(x, 5) * w))(x)
+    np.testing.assert_allclose(g, w.sum(0, keepdims=True), rtol=1e-6, atol=1e-6)
+
+  def test_reference_attention_with_a_batch_one_bias(self):
+    # A [1, H, L, S] bias (one position set for the batch) goes through broadcast_batch:
+    # same values and gradients as the bias broadcast up front (the plain transpose).
+    b, l, h, k = 3, 5, 2, 4
+    q, kk, v = (jax.random.normal(jax.random.key(i), (b, l, h, k)) for i in range(3))
+    bias = jax.random.normal(jax.random.key(3), (1, h, l, l))
+    mask = layers.causal_mask(l, l)[None, None]
+
+    def loss(q, kk, v, bias, up_front):
+      bias = jnp.broadcast_to(bias, (b, h, l, l)) if up_front else bias
+      out = layers.dot_product_attention(q, kk, v, scale=k**-0.5, bias=bias, mask=mask)
+      return jnp.sum(out ** 2)
+    ours, ref = (jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(q, kk, v, bias, u)
+                 for u in (False, True))
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6)
+    for x, y in zip(ours[1], ref[1]):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 if __name__ == '__main__':
   absltest.main()

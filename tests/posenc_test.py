@@ -1,5 +1,9 @@
 """Tests for seqpe_jax.posenc (the position-encoding registry)."""
 
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -43,6 +47,19 @@ class RegistryTest(chex.TestCase, parameterized.TestCase):
                      ({'q_pe', 'k_pe'} if field == 'q_pe' else
                       {'positions', 'rope_mask'} if type_ == 'rope_mixed' else {field}))
     chex.assert_tree_all_finite(out)
+
+  def test_type_lists_whatever_module_is_imported_first(self):
+    # relbias imports posenc, which imports relbias at its end: with relbias imported first
+    # the lists once missed fire and kerple (a fresh interpreter, the modules not cached).
+    code = ('from seqpe_jax import relbias; from seqpe_jax import posenc; '
+            'print(",".join(posenc.LM_PE_TYPES), ",".join(posenc.PE_TYPES))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    lm, every = (set(x.split(',')) for x in out.stdout.split())
+    self.assertLessEqual({'fire', 'kerple', 'rope', 'seqpe'}, lm)
+    self.assertEqual(set(posenc.PE_TYPES), every)
+    with pytest.raises(AttributeError, match='NO_SUCH'):
+      posenc.NO_SUCH  # pylint: disable=pointless-statement
 
   def test_validation_errors(self):
     with pytest.raises(ConfigError, match="unknown pe.type 'rotary'"):

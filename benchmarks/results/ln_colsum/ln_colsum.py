@@ -2,7 +2,7 @@
 layers.layer_norm) against a ones-row matmul, interleaved. Output of the 12-07 03:38 run:
 ln_colsum.txt. Not adopted: not faster. Run from the repository root:
 python benchmarks/results/ln_colsum/ln_colsum.py"""
-import time, functools, jax, jax.numpy as jnp, sys
+import functools, jax, jax.numpy as jnp, sys
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[3]))
 from seqpe_jax import layers
 from benchmarks import interleaved

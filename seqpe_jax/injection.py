@@ -436,6 +436,8 @@ class PEAttention(nn.Module):
                                  else num_old)
     if shared is not None:
       shared = shared.transpose(0, 2, 1, 3)
+      if shared.shape[0] == 1 < b:  # one position set read by every layer: see broadcast_batch
+        shared = layers.broadcast_batch(shared, b, materialize_grad=True)
       bias = shared if bias is None else bias + shared
     if bias is not None and bias.shape[0] != 1:
       bias = tile_to_batch(bias, b)

@@ -209,21 +209,36 @@ def block_sum(g_RPx: jax.Array, reps: int) -> jax.Array:
   return g_RPx if extra is None else g_RPx + extra
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def broadcast_batch(x_1x: jax.Array, batch: int) -> jax.Array:
-  """`jnp.broadcast_to(x, (batch, ...))` of a leading-1 array, its gradient by `block_sum`."""
+def broadcast_batch(x_1x: jax.Array, batch: int, materialize_grad: bool = False) -> jax.Array:
+  """`jnp.broadcast_to(x, (batch, ...))` of a leading-1 array, its gradient by `block_sum`.
+
+  `materialize_grad`: for a value every layer reads (the shared attention bias). The last
+  halving step of the batch sum is then a dot with ones, which XLA CPU computes into a buffer
+  of its own; as adds, XLA fused all layers' sums into each consumer of their total, reading
+  every layer's `[B, H, L, S]` cotangent once per consumer (1.4 s of a GPT-2 small step).
+  """
+  return _broadcast_batch(x_1x, batch, materialize_grad)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _broadcast_batch(x_1x: jax.Array, batch: int, materialize_grad: bool) -> jax.Array:
+  del materialize_grad
   return jnp.broadcast_to(x_1x, (batch, *x_1x.shape[1:]))
 
 
-def _broadcast_batch_fwd(x_1x: jax.Array, batch: int):
-  return broadcast_batch(x_1x, batch), None
+def _broadcast_batch_fwd(x_1x: jax.Array, batch: int, materialize_grad: bool):
+  return _broadcast_batch(x_1x, batch, materialize_grad), None
 
 
-def _broadcast_batch_bwd(batch: int, _, g_Bx: jax.Array):
-  return (block_sum(g_Bx, batch),)
+def _broadcast_batch_bwd(batch: int, materialize_grad: bool, _, g_Bx: jax.Array):
+  if not materialize_grad or batch == 1:
+    return (block_sum(g_Bx, batch),)
+  g_2x = block_sum(g_Bx, batch // 2) if batch % 2 == 0 else g_Bx  # 2 rows (odd batch: all)
+  ones = jnp.ones((g_2x.shape[0],), g_2x.dtype)
+  return (jnp.tensordot(ones, g_2x, axes=(0, 0))[None],)
 
 
-broadcast_batch.defvjp(_broadcast_batch_fwd, _broadcast_batch_bwd)
+_broadcast_batch.defvjp(_broadcast_batch_fwd, _broadcast_batch_bwd)
 
 
 def causal_mask(q_len: int, k_len: int) -> jax.Array:

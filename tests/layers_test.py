@@ -89,11 +89,14 @@ class BatchBroadcastTest(parameterized.TestCase):
     np.testing.assert_allclose(layers.block_sum(x, reps), x.reshape(reps, 2, 3, 4).sum(0),
                                rtol=1e-6, atol=1e-6)
 
-  def test_broadcast_batch_value_and_gradient(self):
+  @parameterized.product(batch=(1, 2, 3, 5, 8), materialize_grad=(False, True))
+  def test_broadcast_batch_value_and_gradient(self, batch, materialize_grad):
     x = jax.random.normal(jax.random.key(1), (1, 2, 3))
-    w = jax.random.normal(jax.random.key(2), (5, 2, 3))
-    np.testing.assert_array_equal(layers.broadcast_batch(x, 5), jnp.broadcast_to(x, (5, 2, 3)))
-    g = jax.grad(lambda x: jnp.sum(layers.broadcast_batch(x, 5) * w))(x)
+    w = jax.random.normal(jax.random.key(2), (batch, 2, 3))
+    out = layers.broadcast_batch(x, batch, materialize_grad)
+    np.testing.assert_array_equal(out, jnp.broadcast_to(x, (batch, 2, 3)))
+    g = jax.jit(jax.grad(lambda x: jnp.sum(layers.broadcast_batch(x, batch, materialize_grad)
+                                           * w)))(x)
     np.testing.assert_allclose(g, w.sum(0, keepdims=True), rtol=1e-6, atol=1e-6)
 
   def test_reference_attention_with_a_batch_one_bias(self):

@@ -24,6 +24,8 @@ ablation:
   seqpe-noct     aux.contrastive_weight=0        (no contrastive regulariser)
   seqpe-noood    aux.ood_weight=0                (no OOD distillation)
   seqpe-noshift  aux.shift_rate=0                (no random-shift branch, no lax.cond)
+  seqpe-noshift-remat  and aux.encoder_remat=full  (an unshifted step's arithmetic: the
+                 cond's default branch rematerialises the encoder)
   seqpe-noaux    all three off                   (the bare encoder + injection)
   seqpe-shift1   aux.shift_rate=1                (forced shift: every step takes the branch)
   seqpe-shift0   aux.shift_rate=1e-9             (forced default: the cond is compiled in,
@@ -69,6 +71,13 @@ timed on one eval batch with that cached PE. Decoding: greedy KV-cached
 table of the generation length encoded once per variant (`generate.position_table`, as
 evaluation caches it; its own time is `decode_table_ms`), when that module exists; otherwise
 `null` with a note.
+
+Arithmetic: `step_gflop` is XLA's FLOP count of the compiled step (`cost_analysis()`; all of
+it: the encoder, regularisers and optimizer included; a `lax.cond` counts its costlier branch,
+so every SeqPE variant with random shifts reports its shifted step), `gflop_ratio_rope` the
+ratio to rope's. Where the step is bound by arithmetic (CPU), the time ratio follows it;
+`seqpe-noshift-remat` gives an unshifted step's count (no cond, the encoder rematerialised as
+in the cond's default branch).
 
 MFU (with `--peak_tflops`): model FLOPs per token = 6 N + 12 * layers * width * length
 (`tasks.model_flops_per_token`: N all parameters, the attention scores and values term
@@ -119,6 +128,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     'seqpe-noct': ('seqpe', {'aux.contrastive_weight': 0.0}),
     'seqpe-noood': ('seqpe', {'aux.ood_weight': 0.0}),
     'seqpe-noshift': ('seqpe', {'aux.shift_rate': 0.0}),
+    'seqpe-noshift-remat': ('seqpe', {'aux.shift_rate': 0.0, 'aux.encoder_remat': 'full'}),
     'seqpe-noaux': ('seqpe', {'aux.contrastive_weight': 0.0, 'aux.ood_weight': 0.0,
                               'aux.shift_rate': 0.0}),
     'seqpe-shift1': ('seqpe', {'aux.shift_rate': 1.0}),
@@ -323,6 +333,17 @@ def _memory_bytes(compiled) -> int | None:
              + m.temp_size_in_bytes)
 
 
+def _gflop(compiled) -> float | None:
+  """XLA's FLOP count of the compiled step, in GFLOP (None where the backend has none)."""
+  try:
+    ca = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (not every backend implements it)
+    return None
+  ca = ca[0] if isinstance(ca, (list, tuple)) and ca else ca
+  flops = ca.get('flops') if isinstance(ca, dict) else None
+  return float(flops) / 1e9 if flops and flops > 0 else None
+
+
 def _device_peak() -> int | None:
   try:
     stats = jax.devices()[0].memory_stats()
@@ -380,6 +401,7 @@ def build(name: str, base: ml_collections.ConfigDict, mesh, warmup: int) -> Vari
          'params': count_params(state.params),
          'lower_s': t1 - t0, 'compile_s': t2 - t1, 'first_step_s': first_s,
          'peak_mem_bytes': _memory_bytes(compiled), 'peak_mem_source': 'memory_analysis',
+         'step_gflop': _gflop(compiled),
          'device_peak_bytes': _device_peak(), 'hlo_cudnn': _uses_cudnn(compiled),
          'shift_sets': task.aux.shift_sets, 'shift_rate': task.aux.shift_rate,
          'flops_per_token': model_flops_per_token(task, state.params)}
@@ -525,6 +547,7 @@ def finish_rows(variants: list[Variant], batch: int, length: int, peak_tflops: f
   for r in rows:
     r['ratio_rope'] = _ratio(r['ms_per_step'], rope and rope['ms_per_step'])
     r['ratio_learned'] = _ratio(r['ms_per_step'], learned and learned['ms_per_step'])
+    r['gflop_ratio_rope'] = _ratio(r['step_gflop'], rope and rope['step_gflop'])
     for k in ('1x', '4x'):
       r[f'eval_ratio_learned_{k}'] = _ratio(r[f'eval_ms_{k}'], learned and learned[f'eval_ms_{k}'])
     r['decode_ratio_rope'] = _ratio(r['decode_tok_s'], rope and rope['decode_tok_s'])
@@ -571,15 +594,18 @@ def markdown(result: dict) -> str:
            f"({m['platform']}), jax {m['jax_version']}, {m['repeats']} interleaved rounds of "
            f"{m['steps']} steps, {m['date']}.\n",
            '| variant | ms/step (min-max) | tokens/s | x RoPE | x learned | compile s | '
-           'peak MB | shifted | eval 1x ms (x learned) | eval 4x ms (x learned) | '
-           'decode tok/s (x RoPE) |' + (' MFU |' if m['peak_tflops'] else ''),
-           '|---|---|---|---|---|---|---|---|---|---|---|' + ('---|' if m['peak_tflops'] else '')]
+           'peak MB | GFLOP (x RoPE) | shifted | eval 1x ms (x learned) | '
+           'eval 4x ms (x learned) | decode tok/s (x RoPE) |'
+           + (' MFU |' if m['peak_tflops'] else ''),
+           '|---|---|---|---|---|---|---|---|---|---|---|---|'
+           + ('---|' if m['peak_tflops'] else '')]
   for r in result['rows']:
     mem = r['peak_mem_bytes']
     lines.append(
         f"| {r['variant']} | {r['ms_per_step']:.1f} ({r['ms_min']:.1f}-{r['ms_max']:.1f}) | "
         f"{r['tokens_per_s']:,.0f} | {_f(r['ratio_rope'])} | {_f(r['ratio_learned'])} | "
         f"{r['lower_s'] + r['compile_s']:.1f} | {_f(mem and mem / 2**20, '.0f')} | "
+        f"{_f(r['step_gflop'], '.1f')} ({_f(r['gflop_ratio_rope'], '.3f')}) | "
         f"{100 * r['shifted_frac']:.0f}% | "
         f"{_f(r['eval_ms_1x'], '.1f')} ({_f(r['eval_ratio_learned_1x'])}) | "
         f"{_f(r['eval_ms_4x'], '.1f')} ({_f(r['eval_ratio_learned_4x'])}) | "
@@ -606,8 +632,9 @@ def markdown(result: dict) -> str:
                    + (f" ({sh['expected_ratio_rope']:.2f}x RoPE)" if 'expected_ratio_rope' in sh
                       else ''))
   lines.append('\nPeak MB: the compiled step\'s memory_analysis (arguments + outputs - aliased '
-               '+ temporaries). Ratios: time ratios (x RoPE 1.2 = 20% slower); decode: '
-               'throughput ratio.')
+               '+ temporaries). GFLOP: XLA\'s count for the compiled step (a lax.cond counts '
+               'its costlier branch: the shifted step). Ratios: time ratios (x RoPE 1.2 = 20% '
+               'slower); decode: throughput ratio.')
   for note in m['notes']:
     lines.append(f'Note: {note}')
   return '\n'.join(lines) + '\n'

@@ -16,9 +16,12 @@ rows (computed, never read).
 
 Work per row: block 0's input is a function of the row's (depth, digit) alone (the CLS rows:
 one constant), so its LayerNorm and q/k/v projection run on that small table (`x_VxC`,
-t * base + 1 rows) and are looked up per row; the last block (CLS queries only) projects q
-for the CLS rows and k/v for every row. At GPT-2 small's width this is a fifth of the
-encoder's FLOPs (benchmarks/results/layer0_table).
+t * base + 1 rows; at GPT-2 small's width a fifth of the encoder's FLOPs,
+benchmarks/results/layer0_table), and so does its attention: q.k is the `[V, H, V]` product
+of the table with itself, looked up per (row, ancestor slot), and the weighted sum is the
+probabilities scattered onto the ancestors' table rows times the table's values — no
+per-slot gather of keys and values (benchmarks/results/table_attention). The last block
+(CLS queries only) projects q for the CLS rows and k/v for every row, and gathers.
 
 Sharding: the position batch is split into R groups (the mesh's batch shards) and each
 group builds its own tree, so every gather stays inside a shard. Dropout, when on, draws
@@ -174,6 +177,14 @@ def _gather_kv(kv_RxUx2xHxK: jax.Array, idx_RxJxT: jax.Array) -> tuple[jax.Array
   return kv[0], kv[1]
 
 
+def _scatter_add_last(zeros: jax.Array, idx: jax.Array, upd: jax.Array) -> jax.Array:
+  """`zeros[..., idx[..., t]] += upd[..., t]` along the last axis (the transpose of
+  `take_along_axis`)."""
+  lead = jnp.indices(idx.shape[:-1], sparse=True)
+  lead = [jnp.expand_dims(a, -1) for a in lead]
+  return zeros.at[(*lead, idx)].add(upd)
+
+
 class TreeAttention(nn.Module):
   """Self-attention of tree rows over their ancestors (`PEAttention`'s parameters)."""
 
@@ -190,7 +201,8 @@ class TreeAttention(nn.Module):
     """Outputs of the last J rows (the queries), attending over their ancestor slots.
 
     With `ids_RxU`, `x` is a table `[V, C]` and row u of group r is `x[ids[r, u]]`: q/k/v
-    are projected once per table row and looked up (same values, V rows of work not U).
+    are projected once per table row and attention runs in the table's domain
+    (`_table_attention`: same values, no per-slot gather).
     """
     c = x_RxUxC.shape[-1]
     h = self.num_heads
@@ -198,28 +210,63 @@ class TreeAttention(nn.Module):
     qkv = layers.Linear((3, h, dh), ('embed', None, 'heads', 'kv'), init_std=self.init_std,
                         dtype=self.dtype, param_dtype=self.param_dtype, name='qkv')
     j = anc_RxJxT.shape[1]
-    if ids_RxU is None and j < x_RxUxC.shape[1]:  # the last block: q of the CLS rows only
+    mask = jnp.asarray(valid_JxT)[None, :, None, :]
+    if ids_RxU is not None:  # x is the table: attention in the table's domain
+      return self._table_attention(qkv(x_RxUxC), ids_RxU, anc_RxJxT, mask, depth_J, keys_RxJ,
+                                   deterministic, c)
+    if j < x_RxUxC.shape[1]:  # the last block: q of the CLS rows only
       q_RxJxHxK = qkv(x_RxUxC[:, -j:], part=slice(0, 1))[:, :, 0]
       kv_RxUx2xHxK = qkv(x_RxUxC, part=slice(1, 3))
     else:
       qkv_RxUx3xHxK = qkv(x_RxUxC)
-      if ids_RxU is not None:  # x is the table: each row's projections looked up
-        qkv_RxUx3xHxK = layers.onehot_lookup(qkv_RxUx3xHxK.reshape(x_RxUxC.shape[0], -1),
-                                             ids_RxU).reshape(*ids_RxU.shape, 3, h, dh)
       q_RxJxHxK, kv_RxUx2xHxK = qkv_RxUx3xHxK[:, -j:, 0], qkv_RxUx3xHxK[:, :, 1:]
     k_RxJxTxHxK, v_RxJxTxHxK = _gather_kv(kv_RxUx2xHxK, anc_RxJxT)
     logits = jnp.einsum('rjhk,rjthk->rjht', q_RxJxHxK, k_RxJxTxHxK,
                         preferred_element_type=jnp.float32) * dh**-0.5
-    logits = jnp.where(jnp.asarray(valid_JxT)[None, :, None, :], logits, layers.NEG_INF)
+    probs = self._probs(logits, mask, depth_J, keys_RxJ, deterministic)
+    out = jnp.einsum('rjht,rjthk->rjhk', probs.astype(v_RxJxTxHxK.dtype), v_RxJxTxHxK)
+    return self._out(out, c)
+
+  def _probs(self, logits_RxJxHxT: jax.Array, mask: jax.Array, depth_J: np.ndarray,
+             keys_RxJ: jax.Array, deterministic: bool) -> jax.Array:
+    """Masked softmax over the ancestor slots, then (training) keyed dropout."""
+    logits = jnp.where(mask, logits_RxJxHxT, layers.NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1)
     if not deterministic and self.dropout_rate > 0.0:
-      r, _, hh, t = probs.shape
+      r, j, hh, t = probs.shape
       flat = probs.transpose(0, 1, 3, 2).reshape(r, j, t * hh)
       flat = keyed_dropout(flat, self.dropout_rate, self.make_rng('dropout'), depth_J, keys_RxJ)
       probs = flat.reshape(r, j, t, hh).transpose(0, 1, 3, 2)
-    out = jnp.einsum('rjht,rjthk->rjhk', probs.astype(v_RxJxTxHxK.dtype), v_RxJxTxHxK)
+    return probs
+
+  def _table_attention(self, qkv_Vx3xHxK: jax.Array, ids_RxU: jax.Array,
+                       anc_RxJxT: jax.Array, mask: jax.Array, depth_J: np.ndarray,
+                       keys_RxJ: jax.Array, deterministic: bool, c: int) -> jax.Array:
+    """Block 0: every row's q/k/v is a table row's, so q.k is a `[V, H, V]` product of the
+    table with itself, looked up per (row, ancestor slot), and the weighted sum of values is
+    `[J, V]` weights (the probabilities scattered onto the ancestors' table rows) times the
+    table's values: no `[J, T, H, K]` gather of keys and values, no batched 1 x T dots."""
+    v_rows, _, h, dh = qkv_Vx3xHxK.shape
+    r, j, t = anc_RxJxT.shape
+    q_VxHxK, k_VxHxK, v_VxHxK = (qkv_Vx3xHxK[:, i] for i in range(3))
+    qk_VxHxV = jnp.einsum('ahk,bhk->ahb', q_VxHxK, k_VxHxK,
+                          preferred_element_type=jnp.float32) * dh**-0.5
+    ids_RxJ = ids_RxU[:, -j:]
+    anc_ids_RxJxT = jnp.take_along_axis(ids_RxU, anc_RxJxT.reshape(r, -1), axis=1).reshape(
+        r, j, t)
+    qk_RxJxHxV = layers.onehot_lookup(qk_VxHxV.reshape(v_rows, -1), ids_RxJ).reshape(
+        r, j, h, v_rows)
+    sel_RxJxHxT = jnp.broadcast_to(anc_ids_RxJxT[:, :, None, :], (r, j, h, t))
+    logits = jnp.take_along_axis(qk_RxJxHxV, sel_RxJxHxT, axis=-1)
+    probs = self._probs(logits, mask, depth_J, keys_RxJ, deterministic)
+    w_RxJxHxV = _scatter_add_last(jnp.zeros((r, j, h, v_rows), probs.dtype), sel_RxJxHxT,
+                                  probs)
+    out = jnp.einsum('rjhv,vhk->rjhk', w_RxJxHxV.astype(v_VxHxK.dtype), v_VxHxK)
+    return self._out(out, c)
+
+  def _out(self, out_RxJxHxK: jax.Array, c: int) -> jax.Array:
     return layers.Linear((c,), ('heads', 'kv', 'embed'), n_in=2, init_std=self.init_std,
-                         dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out)
+                         dtype=self.dtype, param_dtype=self.param_dtype, name='out')(out_RxJxHxK)
 
 
 class TreeBlock(nn.Module):

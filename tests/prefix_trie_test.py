@@ -8,7 +8,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from configs import common
-from seqpe_jax import positions as pos_lib, prefix_trie, seqpe, sharding
+from seqpe_jax import layers, positions as pos_lib, prefix_trie, seqpe, sharding
 
 
 def _enc(share: bool, bound: int = 2560, **kw):
@@ -117,6 +117,37 @@ class TreeEncoderTest(chex.TestCase, parameterized.TestCase):
     self.assertFalse(np.array_equal(y[0, 2], y[0, 3]))
     np.testing.assert_allclose(float(y.mean()), 1.0, atol=0.03)
     self.assertAlmostEqual(float((y == 0).mean()), 0.25, delta=0.02)
+
+  @parameterized.parameters(0.0, 0.3)
+  def test_table_attention_equals_attention_on_the_looked_up_rows(self, attn_dropout):
+    # Block 0 attends in its table's domain (q.k of table rows looked up per ancestor slot,
+    # the probabilities scattered onto table rows times the table's values); the same module
+    # on the looked-up rows gathers keys and values per slot. Same values and gradients,
+    # attention dropout included (its masks are keyed by depth and prefix, not by layout).
+    pos = _positions(np.random.default_rng(3), 150, 2560)
+    q = pos.shape[0]
+    layout = prefix_trie.Layout(prefix_trie.depth_bounds(q, 1, 4, (2560,)), q)
+    tree = jax.tree.map(lambda a: a[None], prefix_trie.build_tree(pos_lib.digitize(pos, 4),
+                                                                  layout))
+    n_digit = layout.num_digit_rows
+    v = 4 * 10 + 1
+    ids = jnp.concatenate([layout.depth_U[None, :n_digit] * 10 + tree.tokens_U[:, :n_digit],
+                           jnp.full((1, q), v - 1, jnp.int32)], axis=1)
+    x_VxC = jax.random.normal(jax.random.PRNGKey(1), (v, 32))
+    attn = prefix_trie.TreeAttention(num_heads=2, dropout_rate=attn_dropout)
+    args = (tree.anc_UxT, layout.valid_UxT, layout.depth_U, tree.keys_U, False)
+    rngs = {'dropout': jax.random.PRNGKey(7)}
+    params = attn.init({'params': jax.random.PRNGKey(0), **rngs}, x_VxC, *args, ids)
+    w = jax.random.normal(jax.random.PRNGKey(2), (1, layout.num_rows, 32))
+    table = lambda p, x: jnp.sum(jnp.sin(attn.apply(p, x, *args, ids, rngs=rngs)) * w)
+    rows = lambda p, x: jnp.sum(jnp.sin(attn.apply(
+        p, layers.onehot_lookup(x, ids), *args, rngs=rngs)) * w)
+    (lt, gt), (lr, gr) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, x_VxC)
+                          for f in (table, rows))
+    np.testing.assert_allclose(lt, lr, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(gt), jax.tree.leaves(gr)):
+      scale = float(jnp.abs(b).max()) + 1e-12
+      self.assertLess(float(jnp.abs(a - b).max()) / scale, 2e-5)
 
   @parameterized.named_parameters(
       ('bidirectional', dict(causal=False)), ('mask_padding', dict(mask_padding=True)),

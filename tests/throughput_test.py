@@ -20,7 +20,7 @@ bench = load_script('benchmarks/throughput.py')
 ROW_KEYS = ('variant', 'ms_per_step', 'ms_min', 'ms_max', 'tokens_per_s', 'ratio_rope',
             'ratio_learned', 'compile_s', 'peak_mem_bytes', 'peak_mem_source', 'eval_ms_1x',
             'eval_ms_4x', 'eval_ratio_learned_1x', 'eval_ratio_learned_4x', 'decode_tok_s',
-            'decode_ratio_rope', 'shift_sets', 'shifted_frac')
+            'decode_ratio_rope', 'shift_sets', 'shifted_frac', 'step_gflop', 'gflop_ratio_rope')
 META_KEYS = ('date', 'device_kind', 'jax_version', 'profile', 'batch', 'length', 'steps',
              'repeats', 'command', 'adjusted')
 
@@ -58,7 +58,11 @@ class ThroughputTest(absltest.TestCase):
       self.assertLessEqual(r['ms_per_step'], r['ms_max'])
       self.assertEqual(r['peak_mem_source'], 'memory_analysis')
       self.assertGreater(r['peak_mem_bytes'], 0)
+      self.assertGreater(r['step_gflop'], 0)
     self.assertEqual(rows['rope']['ratio_rope'], 1.0)
+    self.assertEqual(rows['rope']['gflop_ratio_rope'], 1.0)
+    # SeqPE's step adds the encoder and regularisers to the same backbone: more arithmetic.
+    self.assertGreater(rows['seqpe']['gflop_ratio_rope'], 1.0)
     self.assertEqual(rows['learned']['ratio_learned'], 1.0)
     self.assertEqual(rows['learned']['eval_ratio_learned_4x'], 1.0)
     self.assertEqual(rows['seqpe']['shift_sets'], 2)
@@ -97,6 +101,8 @@ class ThroughputTest(absltest.TestCase):
     self.assertIsNone(row['eval_ms_1x'])
 
   def test_variant_parsing_and_fit_batch(self):
+    self.assertEqual(bench.parse_variant('seqpe-noshift-remat'),
+                     ('seqpe', '', {'aux.shift_rate': 0.0, 'aux.encoder_remat': 'full'}))
     self.assertEqual(bench.parse_variant('seqpe-noaux'),
                      ('seqpe', '', {'aux.contrastive_weight': 0.0, 'aux.ood_weight': 0.0,
                                     'aux.shift_rate': 0.0}))

@@ -85,11 +85,12 @@ class LossTest(chex.TestCase, parameterized.TestCase):
     _, task, params, batch = _task(shift_rate=1.0)
     # At init (pe_qk ~ N(0, 0.02)) the PE moves the loss by ~1e-8; amplify it to see the shift.
     params['posenc']['pe_qk']['kernel'] = params['posenc']['pe_qk']['kernel'] * 300.0
-    loss, m = task.loss_fn(params, batch, jax.random.PRNGKey(2), jnp.int32(0))
+    # Jitted: eager dispatch of the step's ~thousand small ops took ~30 s of the suite.
+    loss, m = jax.jit(task.loss_fn)(params, batch, jax.random.PRNGKey(2), jnp.int32(0))
     self.assertEqual(float(m['shifted']), 1.0)
     self.assertEqual(float(m['ood']), 0.0)
     _, task0, _, _ = _task(shift_rate=0.0)
-    _, m0 = task0.loss_fn(params, batch, jax.random.PRNGKey(2), jnp.int32(0))
+    _, m0 = jax.jit(task0.loss_fn)(params, batch, jax.random.PRNGKey(2), jnp.int32(0))
     self.assertGreater(abs(float(m['task_loss']) - float(m0['task_loss'])), 1e-4)
 
   @parameterized.parameters('lm', 'vit')

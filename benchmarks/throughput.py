@@ -642,6 +642,24 @@ def markdown(result: dict) -> str:
 
 # ---------------------------------------------------------------------------- main
 
+def profile_config(profile: str, *, on_cpu: bool, per_device_counts: bool = False,
+                   config_spec: str = '') -> ml_collections.ConfigDict:
+  """A profile's config (`config_spec` instead of its own if given): its overrides, fp32 on
+  CPU where it asks, and with `per_device_counts` the recipe's 16 pivots / OOD items / shift
+  sets per data-parallel device."""
+  prof = PROFILES[profile]
+  config = load_config(config_spec or prof.config)
+  for k, v in prof.overrides:
+    set_value(config, k, v)
+  if prof.fp32_on_cpu and on_cpu:
+    set_value(config, 'model.dtype', 'float32')
+  if per_device_counts:
+    for k in ('num_pivots', 'ood_items', 'shift_sets'):
+      set_value(config, f'aux.{k}', 16)
+    set_value(config, 'aux.counts_per_device', True)
+  return config
+
+
 def main(argv: Sequence[str]) -> dict:
   """Parses `argv` (argv[0] is the program), runs the benchmark, writes JSON + markdown."""
   fv = flags.FlagValues()
@@ -656,15 +674,8 @@ def main(argv: Sequence[str]) -> dict:
   platform_name = jax.devices()[0].platform
   on_cpu = platform_name == 'cpu'
   config_spec = fv.config or prof.config
-  config = load_config(config_spec)
-  for k, v in prof.overrides:
-    set_value(config, k, v)
-  if prof.fp32_on_cpu and on_cpu:
-    set_value(config, 'model.dtype', 'float32')
-  if fv.per_device_counts:
-    for k in ('num_pivots', 'ood_items', 'shift_sets'):
-      set_value(config, f'aux.{k}', 16)
-    set_value(config, 'aux.counts_per_device', True)
+  config = profile_config(fv.profile, on_cpu=on_cpu, per_device_counts=fv.per_device_counts,
+                          config_spec=config_spec)
   for item in fv.override:
     k, _, v = item.partition('=')
     set_value(config, k, v)

@@ -4,7 +4,8 @@ with `--gpt2` GPT-2 small as `throughput.py --profile=gpt2_512 --batch=8 --per_d
 
 Each variant is `name[@ENVVAR=VALUE]`: `name` a `benchmarks/throughput.py` variant, and the
 environment variable set while it is built and compiled (a temporary toggle of a patched tree,
-see this folder's README). Prints each round and the medians with step memory and compile time.
+see this folder's README). Prints each round and the medians with step memory (MB: 10^6 bytes;
+`throughput.py`'s tables print MiB) and compile time.
 
   python benchmarks/results/gelu_vjp/ab.py [--gpt2] STEPS ROUNDS VARIANT[,VARIANT...]
 """
@@ -24,14 +25,11 @@ from seqpe_jax import sharding  # noqa: E402
 
 
 def main(steps: int, rounds: int, specs: list[str], gpt2: bool = False) -> None:
-  config = T.load_config(str(ROOT / ('configs/lm_wikitext103.py' if gpt2 else
-                                     'configs/lm_wikitext2.py')))
+  profile = 'gpt2_512' if gpt2 else 'cpu'
+  config = T.profile_config(profile, on_cpu=True, per_device_counts=gpt2,
+                            config_spec=str(ROOT / T.PROFILES[profile].config))
   warmup = 1 if gpt2 else 2
   if gpt2:
-    T.set_value(config, 'model.dtype', 'float32')
-    for k in ('num_pivots', 'ood_items', 'shift_sets'):
-      T.set_value(config, f'aux.{k}', 16)
-    T.set_value(config, 'aux.counts_per_device', True)
     T.fit_batch(config, 8, 1)
   mesh = sharding.make_mesh(config.mesh)
   built = []

@@ -7,7 +7,7 @@
 #   core    rope, learned, seqpe, seqpe-plain at 512: train step, cached evaluation (rope,
 #           learned, seqpe), KV decoding (rope, seqpe), and profiler traces of 2 train steps
 #           of rope, seqpe and seqpe-plain (traces_core.tgz: unpack it anywhere and read it
-#           with benchmarks/trace_summary.py)
+#           with benchmarks/trace_summary.py, or --shares --reference=rope for the parts)
 #   shares  seqpe-noaux / -shift1 / -shift0 beside rope: where SeqPE's time goes
 #   fused   attention dropout 0, so training takes the fused kernel too (cuDNN where JAX
 #           picks it): rope, seqpe (auto = the concat form), seqpe with the shared bias as the

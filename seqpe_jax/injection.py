@@ -257,6 +257,7 @@ class SeqPEHook(AttentionHook):
     keys = ctx if key_ctx is None else key_ctx
     scale = self.scalar_scale * head_dim**-0.5 * self.logit_mult
 
+    @jax.named_scope('pe_bias')  # traces attribute its time (trace_summary.py --shares)
     def bias(q_ctx):
       q_pe = split_heads(q_ctx.q_pe, num_heads, head_dim, self.multi_head)
       k_pe = split_heads(keys.k_pe, num_heads, head_dim, self.multi_head)

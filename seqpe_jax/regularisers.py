@@ -171,9 +171,10 @@ def encode_train_positions(a: AuxSettings, encode_with: Callable, params, aux: A
   remat = remat_wrapper(a.encoder_remat, 'full' if a.shift_rate > 0 else 'none')
   if a.shift_rate <= 0:
     return remat(encode_with)(params, default_1xNxd, aux.positions_Mxd), shifted
-  shifted = samplers.use_shift(k_shift, a.shift_rate)
-  offsets = samplers.shift_offsets(k_sets, pool, a.shift_sets)
-  sets_SxNxd = samplers.shifted_grid(offsets, train_grid)
+  with jax.named_scope('samplers'):
+    shifted = samplers.use_shift(k_shift, a.shift_rate)
+    offsets = samplers.shift_offsets(k_sets, pool, a.shift_sets)
+    sets_SxNxd = samplers.shifted_grid(offsets, train_grid)
   n_ood = 0 if aux.teacher_idx_Bxn is None else aux.teacher_idx_Bxn.size
 
   def encode_shifted(p, pos):
@@ -215,13 +216,15 @@ def add_terms(a: AuxSettings, total: jax.Array, metrics: dict, pe: PEOutput, aux
   if pe.aux_embed is not None:  # small: replicate it for the losses (one all-gather)
     aux_e = nn.with_logical_constraint(pe.aux_embed, (None, None))
   if a.contrastive is not None:
-    ct = contrastive_term(aux_e, aux)
+    with jax.named_scope('contrastive'):
+      ct = contrastive_term(aux_e, aux)
     ct = hook('contrastive', ct, step)
     metrics['contrastive'] = ct
     total = total + ramp * a.contrastive_weight * ct
   if a.ood is not None:
-    ood = ood_term(a, aux_e, pe, aux)
-    ood = jnp.where(shifted, 0.0, ood)  # only on default-position steps (official)
+    with jax.named_scope('ood'):
+      ood = ood_term(a, aux_e, pe, aux)
+      ood = jnp.where(shifted, 0.0, ood)  # only on default-position steps (official)
     ood = hook('ood', ood, step)
     metrics['ood'] = ood
     total = total + ramp * a.ood_weight * ood

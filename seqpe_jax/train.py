@@ -94,14 +94,15 @@ def make_train_step(task: Task, lr_fn: Callable, grad_accum: int = 1) -> Callabl
       init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1]))
       (grads, metrics), _ = jax.lax.scan(body, init, jnp.arange(grad_accum))
       grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
-    norms = optim.group_norms(grads)
-    finite_grads = _tree_finite(grads)
-    ok = finite_grads & jnp.isfinite(metrics['loss'])
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state))
+    with jax.named_scope('optimizer'):  # the update and the non-finite guard
+      norms = optim.group_norms(grads)
+      finite_grads = _tree_finite(grads)
+      ok = finite_grads & jnp.isfinite(metrics['loss'])
+      updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+      new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                                opt_state=keep(opt_state, state.opt_state))
     metrics = {**metrics, 'lr': lr_fn(state.step), 'grad_norm': norms[optim.BACKBONE_GROUP],
                'pe_grad_norm': norms[optim.PE_GROUP],
                'finite_grads': finite_grads.astype(jnp.float32)}

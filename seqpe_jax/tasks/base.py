@@ -185,15 +185,17 @@ class Task:
     """Total loss = task + lambda_delta * contrastive + lambda_OOD * distillation."""
     a, hook = self.aux, self.debug_hook
     k_ct, k_ood, k_shift, k_sets, k_enc, k_model = jax.random.split(rng, 6)
-    aux = regularisers.sample_aux(a, k_ct, k_ood, train_grid=self.train_grid,
-                                  max_digits=self.pe.max_digits)
+    with jax.named_scope('samplers'):  # named scopes: trace_summary.py --shares attributes time
+      aux = regularisers.sample_aux(a, k_ct, k_ood, train_grid=self.train_grid,
+                                    max_digits=self.pe.max_digits)
     encode_with = lambda p, pos, aux_Mxd: self.encode(p, pos, aux_Mxd=aux_Mxd,
                                                       deterministic=False, rng=k_enc)
     pe, shifted = regularisers.encode_train_positions(
         a, encode_with, params, aux, k_shift, k_sets, self.shift_pool, self.train_grid,
         self.default_positions[None])
     logits = self.logits(params, batch, pe, deterministic=False, rng=k_model)
-    task, extra = self.task_loss(logits, batch)
+    with jax.named_scope('task_loss'):
+      task, extra = self.task_loss(logits, batch)
     task = hook('task', task, step)
     metrics = {'task_loss': task, 'shifted': shifted.astype(jnp.float32), **extra}
     total = regularisers.add_terms(a, task, metrics, pe, aux, shifted, step, hook)

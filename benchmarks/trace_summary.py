@@ -70,17 +70,21 @@ def op_names(hlo_text: str) -> dict[str, str]:
   return out
 
 
+def _path(op_name: str) -> list[str]:
+  """The op's model path components, transformation wrappers and cond/remat levels removed."""
+  return [p for p in _WRAPPERS.sub('', op_name).replace(')', '').split('/')
+          if p and p not in _SKIP]
+
+
 def group_of(op_name: str, depth: int) -> str:
   """`fwd|bwd <path>`: the op's model path without transformation wrappers."""
   direction = 'bwd' if 'transpose(' in op_name else 'fwd'
-  parts = [p for p in _WRAPPERS.sub('', op_name).replace(')', '').split('/')
-           if p and p not in _SKIP]
-  return f'{direction} ' + ('/'.join(parts[:depth]) or '?')
+  return f'{direction} ' + ('/'.join(_path(op_name)[:depth]) or '?')
 
 
 def category_of(op_name: str) -> str:
   """The part of the step (`CATEGORIES`) an op belongs to, from its `op_name`."""
-  path = group_of(op_name, 10**6).split(' ', 1)[1]
+  path = '/'.join(_path(op_name))
   return next(name for name, pattern in CATEGORIES if re.search(pattern, path))
 
 
@@ -88,10 +92,10 @@ def summarize(variant_dir: pathlib.Path, depth: int
               ) -> tuple[float, int, list, dict[str, float]]:
   """(op ms per step, ops per step, [(group, ms per step, ops per step)], {category: ms per
   step}) of one trace."""
-  from xprof.convert import raw_to_tool_data  # pylint: disable=g-import-not-at-top
   planes = sorted(variant_dir.glob('**/*.xplane.pb'))
   if not planes:
     raise FileNotFoundError(f'no *.xplane.pb under {variant_dir}')
+  from xprof.convert import raw_to_tool_data  # pylint: disable=g-import-not-at-top
   hlo = variant_dir / 'train_step.hlo.txt'
   names = op_names(hlo.read_text()) if hlo.exists() else {}
   data, _ = raw_to_tool_data.xspace_to_tool_data([str(planes[-1])], 'trace_viewer', {})
@@ -148,7 +152,12 @@ def main(argv: Sequence[str]) -> str:
           f'{[d.name for d in dirs]}')
   lines, totals = [], {}
   for d in dirs:
-    total, ops, rows, totals[d.name] = summarize(d, FLAGS.depth)
+    try:
+      total, ops, rows, totals[d.name] = summarize(d, FLAGS.depth)
+    except FileNotFoundError as e:
+      _fail(f'{e} (a variant folder of throughput.py --trace_dir holds one)')
+    except ImportError:
+      _fail('reading traces needs xprof: pip install xprof')
     if FLAGS.shares:
       continue
     lines += [f'\n### {d.name}: {total:.2f} ms of XLA ops per step, {ops:.0f} ops per step\n',

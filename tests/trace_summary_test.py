@@ -1,5 +1,8 @@
 """benchmarks/trace_summary.py: op names from HLO text and their model-path groups."""
 
+import pathlib
+import tempfile
+
 from absl.testing import absltest
 
 from tests.testutil import load_script
@@ -53,9 +56,12 @@ class TraceSummaryTest(absltest.TestCase):
     self.assertEqual(len(rows), 2 + len(parts) + 1)
 
   def test_errors(self):
-    with self.assertRaises(SystemExit) as e:
-      summary.main(['trace_summary.py', '/nonexistent/trace_dir'])
-    self.assertEqual(e.exception.code, 2)
+    root = tempfile.mkdtemp()
+    (pathlib.Path(root) / 'rope').mkdir()  # a variant folder without a trace
+    for argv in (['/nonexistent/trace_dir'], [root], [root, '--shares', '--reference=seqpe']):
+      with self.subTest(argv=argv), self.assertRaises(SystemExit) as e:
+        summary.main(['trace_summary.py', *argv])
+      self.assertEqual(e.exception.code, 2)
 
 
 if __name__ == '__main__':
